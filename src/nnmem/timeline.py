@@ -25,6 +25,8 @@ def settle_categories(trace: Trace) -> list[Category]:
             settled.append(Category.GRADIENT)
         elif record.index in trace.optimizer_records:
             settled.append(Category.OPTIMIZER_STATE)
+        elif record.index in trace.kv_cache_records:
+            settled.append(Category.KV_CACHE)
         elif record.phase is Phase.FORWARD and _outlives_forward(record, forward_of):
             settled.append(Category.ACTIVATION)
         else:

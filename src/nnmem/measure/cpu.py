@@ -29,6 +29,7 @@ class _Marks:
     def __init__(self) -> None:
         self.gradient_bytes = 0
         self.optimizer_state_bytes = 0
+        self.kv_cache_bytes = 0
 
     def set_phase(self, phase: Phase, step: int, micro: int = 0) -> None:
         with record_function(f"{MARK}{phase}::{step}"):
@@ -41,6 +42,10 @@ class _Marks:
     def saw_optimizer_state(self, optimizer: torch.optim.Optimizer) -> None:
         state = [v for s in optimizer.state.values() for v in s.values() if isinstance(v, torch.Tensor)]
         self.optimizer_state_bytes = max(self.optimizer_state_bytes, _unique_bytes(state))
+
+
+    def saw_kv_cache(self, tensors: list[torch.Tensor]) -> None:
+        self.kv_cache_bytes = max(self.kv_cache_bytes, _unique_bytes(tensors))
 
 
 def _unique_bytes(tensors: list[torch.Tensor]) -> int:

@@ -32,6 +32,8 @@ class Observer(Protocol):
 
     def saw_optimizer_state(self, optimizer: torch.optim.Optimizer) -> None: ...
 
+    def saw_kv_cache(self, tensors: list[torch.Tensor]) -> None: ...
+
 
 @dataclass(frozen=True)
 class StepConfig:
@@ -46,6 +48,7 @@ class StepConfig:
     set_to_none: bool = True
     steps: int = 2
     loss: LossFn | None = None
+    new_tokens: int = 0  # generation: tokens decoded after the prefill
 
 
 def default_loss(output: Any) -> torch.Tensor:
@@ -84,6 +87,11 @@ def _autocast(config: StepConfig) -> contextlib.AbstractContextManager[Any]:
 
 def run_step(model: torch.nn.Module, inputs: Any, config: StepConfig, observer: Observer) -> None:
     """Run the configured step on `model` and `inputs`, telling `observer` as it goes."""
+    if config.mode is Mode.GENERATE:
+        from nnmem.trace.generate import run_generate
+
+        run_generate(model, inputs, config, observer)
+        return
     if config.mode is Mode.INFERENCE:
         model.eval()
         with torch.no_grad(), _autocast(config):

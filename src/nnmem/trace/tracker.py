@@ -74,6 +74,7 @@ class Trace:
     forward_ends: list[tuple[int, int]] = field(default_factory=list)  # (start, end) events
     gradient_records: set[int] = field(default_factory=set)
     optimizer_records: set[int] = field(default_factory=set)
+    kv_cache_records: set[int] = field(default_factory=set)
     unknown_ops: Counter[tuple[str, str]] = field(default_factory=Counter)  # (op, module)
     op_count: int = 0
 
@@ -133,9 +134,11 @@ class StorageTracker(TorchDispatchMode):
 
     def mark(self, tensors: Iterable[torch.Tensor], category: Category, owner: str | None = None) -> None:
         """Note that the storages of `tensors` are gradients or optimizer state (of `owner`)."""
-        target = (
-            self.trace.gradient_records if category is Category.GRADIENT else self.trace.optimizer_records
-        )
+        target = {
+            Category.GRADIENT: self.trace.gradient_records,
+            Category.OPTIMIZER_STATE: self.trace.optimizer_records,
+            Category.KV_CACHE: self.trace.kv_cache_records,
+        }[category]
         for tensor in tensors:
             key = _storage_key(tensor)
             if key is not None and key[0] in self._live:
@@ -154,6 +157,9 @@ class StorageTracker(TorchDispatchMode):
             tensors = [v for v in state.values() if isinstance(v, torch.Tensor)]
             self.mark(tensors, Category.OPTIMIZER_STATE, self.owners.get(id(param)))
 
+    def saw_kv_cache(self, tensors: list[torch.Tensor]) -> None:
+        self.mark(tensors, Category.KV_CACHE)
+
     # -- the dispatcher's view ---------------------------------------------------------
     def __torch_dispatch__(
         self,
@@ -170,22 +176,23 @@ class StorageTracker(TorchDispatchMode):
             key = _storage_key(tensor)
             if key is not None and key[0] not in self._live:
                 self._adopt(tensor, Category.BUFFER, self.module, op="(held by the model)", at_start=True)
-        sizes_before = {
-            key[0]: key[1].nbytes() for key in map(_storage_key, inputs) if key is not None
-        }
+        mutable = func._schema.is_mutable
+        sizes_before = (
+            {key[0]: key[1].nbytes() for key in map(_storage_key, inputs) if key is not None}
+            if mutable
+            else {}
+        )
         try:
             out = func(*args, **kwargs)
         except Exception:
             if self.failed_in is None:
                 self.failed_in = self.module
             raise
-        outputs = [t for t in tree_flatten(out)[0] if isinstance(t, torch.Tensor)]
-        for tensor in outputs:
-            key = _storage_key(tensor)
-            if key is None:
-                continue
-            if key[0] not in self._live:
-                self._adopt(tensor, None, self.module, op=str(func))
+        for tensor in tree_flatten(out)[0]:
+            if isinstance(tensor, torch.Tensor):
+                key = _storage_key(tensor)
+                if key is not None and key[0] not in self._live:
+                    self._adopt(tensor, None, self.module, op=str(func))
         for cdata, before in sizes_before.items():  # in-place resizes (e.g. out= and resize_)
             if cdata in self._live:
                 record = self.trace.records[self._live[cdata]]
