@@ -17,10 +17,24 @@ import nnmem
 
 SHAPES = {
     # hidden, layers, heads, kv heads, intermediate, vocab, seq
-    "7b": dict(hidden_size=4096, num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=32,
-               intermediate_size=11008, vocab_size=32000, seq=2048),
-    "70b": dict(hidden_size=8192, num_hidden_layers=80, num_attention_heads=64, num_key_value_heads=8,
-                intermediate_size=28672, vocab_size=32000, seq=4096),
+    "7b": dict(
+        hidden_size=4096,
+        num_hidden_layers=32,
+        num_attention_heads=32,
+        num_key_value_heads=32,
+        intermediate_size=11008,
+        vocab_size=32000,
+        seq=2048,
+    ),
+    "70b": dict(
+        hidden_size=8192,
+        num_hidden_layers=80,
+        num_attention_heads=64,
+        num_key_value_heads=8,
+        intermediate_size=28672,
+        vocab_size=32000,
+        seq=4096,
+    ),
 }
 
 
@@ -36,13 +50,28 @@ def main(size: str) -> None:
 
     ids = torch.zeros(1, seq, dtype=torch.long, device="meta")
     start = time.perf_counter()
-    report = nnmem.estimate(build, {"input_ids": ids, "labels": ids}, mode="train", optimizer="adamw",
-                            dtype="bfloat16", device="cpu")
+    report = nnmem.estimate(
+        build,
+        {"input_ids": ids, "labels": ids},
+        mode="train",
+        optimizer="adamw",
+        dtype="bfloat16",
+        device="cpu",
+    )
     seconds = time.perf_counter() - start
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
-    print(json.dumps({"size": size, "seconds": round(seconds, 2), "peak_rss_bytes": rss,
-                      "parameters": report.parameters, "peak_bytes": report.peak_bytes,
-                      "categories": report.categories.to_dict()}))
+    print(
+        json.dumps(
+            {
+                "size": size,
+                "seconds": round(seconds, 2),
+                "peak_rss_bytes": rss,
+                "parameters": report.parameters,
+                "peak_bytes": report.peak_bytes,
+                "categories": report.categories.to_dict(),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 from nnmem.categories import Category, Mode, Phase
 from nnmem.errors import NnmemError
 from nnmem.estimate import estimate
+from nnmem.measure import measure
 from nnmem.report import Breakdown, LayerRow, Peak, Report
 
 __all__ = [
@@ -15,5 +16,6 @@ __all__ = [
     "Phase",
     "Report",
     "estimate",
+    "measure",
 ]
 __version__ = "0.1.0"

@@ -48,7 +48,7 @@ def _inputs_from_flags(shapes: list[str], dtypes: list[str]) -> tuple[torch.Tens
     if len(parsed) == 1:
         parsed = parsed * len(shapes)
     return tuple(
-        torch.empty(parse_shape(s), dtype=d, device="meta") for s, d in zip(shapes, parsed)
+        torch.empty(parse_shape(s), dtype=d, device="meta") for s, d in zip(shapes, parsed, strict=True)
     )
 
 
@@ -65,7 +65,9 @@ def resolve_target(args: argparse.Namespace) -> Target:
 
         model, inputs = cli_target(args.spec, batch=args.batch)
         return Target(model, inputs, args.spec)
-    raise UsageError("say what to estimate: a spec file or text, or --model FILE.py:FACTORY with --input SHAPE")
+    raise UsageError(
+        "say what to estimate: a spec file or text, or --model FILE.py:FACTORY with --input SHAPE"
+    )
 
 
 def _step_keywords(args: argparse.Namespace) -> dict[str, Any]:
@@ -81,10 +83,16 @@ def _step_keywords(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("spec", nargs="?", help="a layer spec: a file, or inline text ('input 32x32x3 / conv 3x3 16')")
+    parser.add_argument(
+        "spec", nargs="?", help="a layer spec: a file, or inline text ('input 32x32x3 / conv 3x3 16')"
+    )
     parser.add_argument("--model", help="a factory: path/to/file.py:build_fn or package.module:build_fn")
-    parser.add_argument("--input", action="append", metavar="SHAPE", help="an input shape, e.g. 64x3x224x224 (repeatable)")
-    parser.add_argument("--input-dtype", action="append", metavar="DTYPE", help="dtype of the inputs (default float32)")
+    parser.add_argument(
+        "--input", action="append", metavar="SHAPE", help="an input shape, e.g. 64x3x224x224 (repeatable)"
+    )
+    parser.add_argument(
+        "--input-dtype", action="append", metavar="DTYPE", help="dtype of the inputs (default float32)"
+    )
     parser.add_argument("--batch", type=int, default=None, help="batch size for a spec (default 1)")
     parser.add_argument("--mode", default="train", help="train or inference (default train)")
     parser.add_argument("--optimizer", default="adam", help=f"one of {', '.join(optimizer_names())}")
@@ -103,7 +111,9 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     estimate = commands.add_parser("estimate", help="trace a step on fake tensors and report its memory")
     _add_common(estimate)
-    estimate.add_argument("--device", default="cuda", help="whose kernels to model: cuda or cpu (default cuda)")
+    estimate.add_argument(
+        "--device", default="cuda", help="whose kernels to model: cuda or cpu (default cuda)"
+    )
     measure = commands.add_parser("measure", help="run the same step for real (CPU) and report its memory")
     _add_common(measure)
     compare = commands.add_parser("compare", help="estimate and measure the same step, side by side")

@@ -26,7 +26,12 @@ DTYPES: dict[str, torch.dtype] = {
     "uint8": torch.uint8,
     "bool": torch.bool,
 }
-AMP_DTYPES = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16}
+AMP_DTYPES = {
+    "bf16": torch.bfloat16,
+    "bfloat16": torch.bfloat16,
+    "fp16": torch.float16,
+    "float16": torch.float16,
+}
 DEVICES = ("cuda", "cpu")
 
 
@@ -56,7 +61,9 @@ def parse_mode(value: str | Mode) -> Mode:
         return Mode(str(value).strip().lower())
     except ValueError:
         names = [m.value for m in Mode]
-        raise UsageError(f"unknown mode '{value}'{did_you_mean(str(value), names)} (known: {', '.join(names)})") from None
+        raise UsageError(
+            f"unknown mode '{value}'{did_you_mean(str(value), names)} (known: {', '.join(names)})"
+        ) from None
 
 
 def parse_device(value: str) -> str:

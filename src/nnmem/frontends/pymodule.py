@@ -41,9 +41,7 @@ def load_factory(reference: str) -> Callable[..., Any]:
     for part in name.split("."):
         if not hasattr(target, part):
             names = [n for n in dir(target) if not n.startswith("_")]
-            raise ModelError(
-                f"--model '{reference}': '{where}' has no '{part}'{did_you_mean(part, names)}"
-            )
+            raise ModelError(f"--model '{reference}': '{where}' has no '{part}'{did_you_mean(part, names)}")
         target = getattr(target, part)
     if not callable(target):
         raise ModelError(f"--model '{reference}': '{name}' is a {type(target).__name__}, not callable")

@@ -104,7 +104,7 @@ def _report(m: Measurement, config: Any, param_dtype: torch.dtype | None) -> Rep
     first = _peak(m, phases, 1, config.mode) if config.mode is Mode.TRAIN and last > 1 else None
     timeline = tuple(
         TimelinePoint(i, step, phase, Breakdown(other=total))
-        for i, (total, (phase, step)) in enumerate(zip(m.totals, phases))
+        for i, (total, (phase, step)) in enumerate(zip(m.totals, phases, strict=True))
     )
     settings = (
         ("optimizer", str(config.optimizer) if config.mode is Mode.TRAIN else "none"),

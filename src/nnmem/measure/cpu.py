@@ -43,7 +43,6 @@ class _Marks:
         state = [v for s in optimizer.state.values() for v in s.values() if isinstance(v, torch.Tensor)]
         self.optimizer_state_bytes = max(self.optimizer_state_bytes, _unique_bytes(state))
 
-
     def saw_kv_cache(self, tensors: list[torch.Tensor]) -> None:
         self.kv_cache_bytes = max(self.kv_cache_bytes, _unique_bytes(tensors))
 

@@ -94,6 +94,9 @@ def compare_table(estimate: Report, truth: Report) -> Table:
             continue
         estimated = estimate.categories[category]
         table.add_row(
-            f"  {category}", human_bytes(estimated), human_bytes(measured), signed_percent(estimated, measured)
+            f"  {category}",
+            human_bytes(estimated),
+            human_bytes(measured),
+            signed_percent(estimated, measured),
         )
     return table

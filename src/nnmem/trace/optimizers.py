@@ -95,9 +95,7 @@ def optimizer_names() -> list[str]:
     return list(_REGISTRY)
 
 
-def implementation_flags(
-    name: str, implementation: Implementation, device: str
-) -> dict[str, Any]:
+def implementation_flags(name: str, implementation: Implementation, device: str) -> dict[str, Any]:
     """The constructor flags that select `implementation` for optimizer `name`.
 
     AUTO follows `torch.optim.optimizer._default_to_fused_or_foreach`: foreach on CUDA
