@@ -61,10 +61,14 @@ def resolve_target(args: argparse.Namespace) -> Target:
         inputs = _inputs_from_flags(args.input or [], args.input_dtype or [])
         return Target(factory, inputs if len(inputs) > 1 else inputs[0], args.model)
     if args.spec:
-        from nnmem.frontends.spec import cli_target
+        from nnmem.frontends.spec import load_spec
+        from nnmem.zoo import FromSpec
 
-        model, inputs = cli_target(args.spec, batch=args.batch)
-        return Target(model, inputs, args.spec)
+        spec = load_spec(args.spec)
+        batch = args.batch or 1
+        dtype = parse_dtype(args.dtype) or torch.float32
+        inputs = torch.empty(spec.input_shape(batch), dtype=spec.input_dtype(dtype), device="meta")
+        return Target(FromSpec(args.spec), inputs, args.spec)
     raise UsageError(
         "say what to estimate: a spec file or text, or --model FILE.py:FACTORY with --input SHAPE"
     )
@@ -131,10 +135,39 @@ def run_estimate(args: argparse.Namespace, console: Console) -> int:
 
     target = resolve_target(args)
     report = estimate(target.model, target.inputs, device=args.device, **_step_keywords(args))
+    if args.spec and not args.model:
+        return _spec_estimate(args, target, report, console)
     if args.json:
         _print_json(report.to_dict())
     else:
         console.print(summary(report))
+    return 0
+
+
+def _spec_estimate(args: argparse.Namespace, target: Target, report: Any, console: Console) -> int:
+    """A spec gets the hand calculation: its layer table, the textbook, and both real peaks."""
+    from nnmem.estimate import estimate
+    from nnmem.frontends.spec import load_spec, textbook
+    from nnmem.render.handcalc import handcalc, handcalc_dict
+
+    dtype = parse_dtype(args.dtype) or torch.float32
+    book = textbook(load_spec(args.spec), batch=args.batch or 1, dtype_bytes=dtype.itemsize)
+    keywords = {**_step_keywords(args), "mode": "inference"}
+    inference = (
+        report
+        if report.mode == "inference"
+        else estimate(target.model, target.inputs, device=args.device, **keywords)
+    )
+    keywords["mode"] = "train"
+    training = (
+        report
+        if report.mode == "train"
+        else estimate(target.model, target.inputs, device=args.device, **keywords)
+    )
+    if args.json:
+        _print_json(handcalc_dict(book, inference, training, report))
+    else:
+        console.print(handcalc(book, inference, training))
     return 0
 
 
@@ -181,7 +214,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return COMMANDS[args.command](args, console)
     except NnmemError as error:
-        err.print(f"[bold red]error:[/bold red] {error}", highlight=False, markup=True)
+        err.print("[bold red]error:[/bold red]", str(error), highlight=False, soft_wrap=True)
         return error.exit_code
     except KeyboardInterrupt:
         err.print("interrupted")
