@@ -67,7 +67,7 @@ def main(size: str, full: bool = False) -> None:
         json.dumps(
             {
                 "size": size,
-                "method": "full trace" if full else [n for n in report.notes if "extrapolated" in n][0],
+                "method": "full trace" if full else next(n for n in report.notes if "extrapolated" in n),
                 "seconds": round(seconds, 2),
                 "peak_rss_bytes": rss,
                 "parameters": report.parameters,

@@ -51,19 +51,13 @@ def _phase_peaks(report: Report, step: int) -> dict[Phase, tuple[int, Breakdown]
 
 
 def _line(values: list[int], probes: tuple[int, ...], what: str) -> Callable[[int], int]:
-    steps = {
-        (b - a) // (q - p)
-        for (a, p), (b, q) in zip(zip(values, probes), zip(values[1:], probes[1:]), strict=False)
-    }
-    exact = all(
-        (b - a) % (q - p) == 0
-        for (a, p), (b, q) in zip(zip(values, probes), zip(values[1:], probes[1:]), strict=False)
-    )
-    if len(steps) != 1 or not exact:
+    """The affine function through (probe, value) pairs, if they lie on one with integer slope."""
+    rises = {values[i + 1] - values[i] for i in range(len(values) - 1)}
+    if len(rises) != 1 or any(probes[i + 1] - probes[i] != 1 for i in range(len(probes) - 1)):
         raise ExtrapolationError(
             f"{what} does not grow by equal steps over {list(probes)} blocks ({values}); trace the full model"
         )
-    slope = steps.pop()
+    slope = rises.pop()
     return lambda n: values[0] + (n - probes[0]) * slope
 
 
