@@ -125,12 +125,12 @@ def estimate(
     param_dtype = parse_dtype(dtype)
     module = build_model(model)
     threads = threads or torch.get_num_threads()
-    rule = _workspace_rule(config.device, threads) if workspace else None
-    trace, output_shapes, parameter_count = _trace(module, inputs, config, param_dtype, rule)
-    return _report(trace, module, config, param_dtype, output_shapes, parameter_count, threads)
+    rule = workspace_rule(config.device, threads) if workspace else None
+    trace, output_shapes, parameter_count = run_trace(module, inputs, config, param_dtype, rule)
+    return make_report(trace, module, config, param_dtype, output_shapes, parameter_count, threads)
 
 
-def _workspace_rule(backend: str, threads: int) -> WorkspaceRule | None:
+def workspace_rule(backend: str, threads: int) -> WorkspaceRule | None:
     try:
         from nnmem.analyses import workspace
     except ImportError:  # the rules are optional while they are being written
@@ -142,13 +142,18 @@ def _workspace_rule(backend: str, threads: int) -> WorkspaceRule | None:
     return rule
 
 
-def _trace(
+def run_trace(
     module: torch.nn.Module,
     inputs: Any,
     config: StepConfig,
     param_dtype: torch.dtype | None,
     rule: WorkspaceRule | None,
 ) -> tuple[Trace, dict[str, tuple[int, ...]], int]:
+    """Trace `config`'s step of `module` on fakes of `inputs`.
+
+    Returns the raw trace (every storage's birth, death and size, in order: what the
+    allocator analyses replay), each module's output shape, and the parameter count.
+    """
     fake_mode = FakeTensorMode(allow_non_fake_inputs=True)
     tracker = StorageTracker(rule)
     output_shapes: dict[str, tuple[int, ...]] = {}
@@ -218,7 +223,7 @@ def count_parameters(module: torch.nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-def _report(
+def make_report(
     trace: Trace,
     module: torch.nn.Module,
     config: StepConfig,
