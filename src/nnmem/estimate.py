@@ -24,7 +24,7 @@ from nnmem.timeline import alive_at, describe_peak, levels, peak_index, timeline
 from nnmem.trace.fake import fake_inputs, fake_parameters
 from nnmem.trace.optimizers import Implementation, OptimizerFactory, lookup
 from nnmem.trace.step import LossFn, StepConfig, module_names, run_step
-from nnmem.trace.tracker import StorageTracker, Trace, WorkspaceRule
+from nnmem.trace.tracker import ShortfallRule, StorageTracker, Trace, WorkspaceRule
 
 ModelLike = torch.nn.Module | Callable[[], torch.nn.Module]
 
@@ -126,7 +126,9 @@ def estimate(
     module = build_model(model)
     threads = threads or torch.get_num_threads()
     rule = workspace_rule(config.device, threads) if workspace else None
-    trace, output_shapes, parameter_count = run_trace(module, inputs, config, param_dtype, rule)
+    trace, output_shapes, parameter_count = run_trace(
+        module, inputs, config, param_dtype, rule, shortfall_rule(config.device) if workspace else None
+    )
     return make_report(trace, module, config, param_dtype, output_shapes, parameter_count, threads)
 
 
@@ -142,12 +144,22 @@ def workspace_rule(backend: str, threads: int) -> WorkspaceRule | None:
     return rule
 
 
+def shortfall_rule(backend: str) -> ShortfallRule | None:
+    """What real CPU kernels' outputs hold beyond their fake kernels' (an LSTM's workspace)."""
+    if backend != "cpu":
+        return None
+    from nnmem.analyses import workspace
+
+    return workspace.fake_output_shortfall_bytes
+
+
 def run_trace(
     module: torch.nn.Module,
     inputs: Any,
     config: StepConfig,
     param_dtype: torch.dtype | None,
     rule: WorkspaceRule | None,
+    shortfall: ShortfallRule | None = None,
 ) -> tuple[Trace, dict[str, tuple[int, ...]], int]:
     """Trace `config`'s step of `module` on fakes of `inputs`.
 
@@ -155,7 +167,7 @@ def run_trace(
     allocator analyses replay), each module's output shape, and the parameter count.
     """
     fake_mode = FakeTensorMode(allow_non_fake_inputs=True)
-    tracker = StorageTracker(rule)
+    tracker = StorageTracker(rule, shortfall)
     output_shapes: dict[str, tuple[int, ...]] = {}
     with fake_parameters(module, fake_mode, param_dtype):
         parameter_count = count_parameters(module)

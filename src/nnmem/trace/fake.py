@@ -42,11 +42,20 @@ def fake_parameters(
                     made[id(tensor)] = fake
                 saved.append((table, name, tensor))
                 table[name] = made[id(tensor)]
+    _refresh_flat_weights(model)
     try:
         yield
     finally:
         for table, name, tensor in saved:
             table[name] = tensor
+        _refresh_flat_weights(model)
+
+
+def _refresh_flat_weights(model: torch.nn.Module) -> None:
+    """RNN modules cache their weights in a flat list; rebuild it after a swap."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.RNNBase):
+            module._init_flat_weights()
 
 
 def fake_inputs(inputs: Any, mode: FakeTensorMode, dtype: torch.dtype | None = None) -> Any:

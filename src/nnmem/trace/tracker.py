@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._python_dispatch import TorchDispatchMode, is_traceable_wrapper_subclass
 from torch.utils._pytree import tree_flatten
 
 from nnmem.categories import Category, Phase
@@ -34,6 +34,11 @@ from nnmem.categories import Category, Phase
 #: A rule for the memory a kernel allocates and frees inside itself:
 #: (func, args, kwargs, outputs) -> bytes, or None when the op is unknown to the rules.
 WorkspaceRule = Callable[[Any, tuple[Any, ...], dict[str, Any], Any], "int | None"]
+
+
+#: Bytes a real kernel's outputs hold that its fake kernel does not show (an LSTM's
+#: oneDNN workspace): (func, args, kwargs) -> bytes, added to the op's last output.
+ShortfallRule = Callable[[Any, tuple[Any, ...], dict[str, Any]], int]
 
 
 @dataclass
@@ -79,6 +84,19 @@ class Trace:
     op_count: int = 0
 
 
+def plain_tensors(tensor: torch.Tensor) -> list[torch.Tensor]:
+    """The tensors that hold `tensor`'s memory: itself, or for a wrapper subclass (DTensor,
+    FSDP2's sharded parameters) the inner tensors it wraps, which own the storages."""
+    if is_traceable_wrapper_subclass(tensor):
+        names, _ = tensor.__tensor_flatten__()  # type: ignore[attr-defined]
+        return [t for name in names for t in plain_tensors(getattr(tensor, name))]
+    return [tensor]
+
+
+def _plain(values: Iterable[Any]) -> list[torch.Tensor]:
+    return [p for t in values if isinstance(t, torch.Tensor) for p in plain_tensors(t)]
+
+
 def _storage_key(tensor: torch.Tensor) -> tuple[int, torch.UntypedStorage] | None:
     if not isinstance(tensor, torch.Tensor) or tensor.is_sparse:
         return None
@@ -89,8 +107,11 @@ def _storage_key(tensor: torch.Tensor) -> tuple[int, torch.UntypedStorage] | Non
 class StorageTracker(TorchDispatchMode):
     """Record the birth, death and size of every storage an op creates."""
 
-    def __init__(self, workspace_rule: WorkspaceRule | None = None) -> None:
+    def __init__(
+        self, workspace_rule: WorkspaceRule | None = None, shortfall_rule: ShortfallRule | None = None
+    ) -> None:
         super().__init__()
+        self._shortfall_rule = shortfall_rule
         self.trace = Trace()
         self._live: dict[int, int] = {}  # storage _cdata -> record index
         self._finalizers: dict[int, weakref.finalize[Any, Any]] = {}
@@ -124,13 +145,18 @@ class StorageTracker(TorchDispatchMode):
     def register(self, tensors: dict[str, torch.Tensor], category: Category) -> None:
         """Adopt tensors that exist before the step (parameters, buffers, inputs), by name.
 
-        A parameter's or buffer's memory is attributed to the module that owns it.
+        A parameter's or buffer's memory is attributed to the module that owns it. A storage
+        seen already (say a DDP bucket, first met as an op's input) takes `category`.
         """
         for name, tensor in tensors.items():
             owner = name.rpartition(".")[0] if category is not Category.INPUT else "(inputs)"
             if category is Category.PARAMETER:
                 self.owners[id(tensor)] = owner
             self._adopt(tensor, category, owner, op=name)
+            for plain in plain_tensors(tensor):
+                key = _storage_key(plain)
+                if key is not None and key[0] in self._live:
+                    self.trace.records[self._live[key[0]]].category = category
 
     def mark(self, tensors: Iterable[torch.Tensor], category: Category, owner: str | None = None) -> None:
         """Note that the storages of `tensors` are gradients or optimizer state (of `owner`)."""
@@ -139,7 +165,7 @@ class StorageTracker(TorchDispatchMode):
             Category.OPTIMIZER_STATE: self.trace.optimizer_records,
             Category.KV_CACHE: self.trace.kv_cache_records,
         }[category]
-        for tensor in tensors:
+        for tensor in _plain(tensors):
             key = _storage_key(tensor)
             if key is not None and key[0] in self._live:
                 index = self._live[key[0]]
@@ -160,6 +186,27 @@ class StorageTracker(TorchDispatchMode):
     def saw_kv_cache(self, tensors: list[torch.Tensor]) -> None:
         self.mark(tensors, Category.KV_CACHE)
 
+    def storage_resized(
+        self, storage: torch.UntypedStorage, before: int, category: Category | None = None
+    ) -> None:
+        """A storage changed size outside the dispatcher (`untyped_storage().resize_`, how
+        FSDP2 frees and refills unsharded parameters); `before` is its size in bytes before.
+        A storage not seen yet is taken as alive at `before` bytes since the start."""
+        now = int(storage.nbytes())
+        cdata = storage._cdata
+        if cdata not in self._live:
+            record = self._new_record(before, category, self.module, "(resized storage)")
+            record.birth, record.nbytes_at_start = -1, before
+            self.trace.baseline.append(record.index)
+            self._live[cdata] = record.index
+            self._finalizers[cdata] = weakref.finalize(storage, self._on_death, cdata, record.index)
+        record = self.trace.records[self._live[cdata]]
+        if category is not None:
+            record.category = category
+        if now != record.nbytes:
+            self._emit(record.index, now - record.nbytes)
+            record.nbytes = now
+
     # -- the dispatcher's view ---------------------------------------------------------
     def __torch_dispatch__(
         self,
@@ -171,7 +218,7 @@ class StorageTracker(TorchDispatchMode):
         kwargs = kwargs or {}
         self.last_op = str(func)
         self.trace.op_count += 1
-        inputs = [t for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)]
+        inputs = _plain(tree_flatten((args, kwargs))[0])
         for tensor in inputs:  # tensors made outside the step's view: constants the model holds
             key = _storage_key(tensor)
             if key is not None and key[0] not in self._live:
@@ -188,11 +235,10 @@ class StorageTracker(TorchDispatchMode):
             if self.failed_in is None:
                 self.failed_in = self.module
             raise
-        for tensor in tree_flatten(out)[0]:
-            if isinstance(tensor, torch.Tensor):
-                key = _storage_key(tensor)
-                if key is not None and key[0] not in self._live:
-                    self._adopt(tensor, None, self.module, op=str(func))
+        for tensor in _plain(tree_flatten(out)[0]):
+            key = _storage_key(tensor)
+            if key is not None and key[0] not in self._live:
+                self._adopt(tensor, None, self.module, op=str(func))
         for cdata, before in sizes_before.items():  # in-place resizes (e.g. out= and resize_)
             if cdata in self._live:
                 record = self.trace.records[self._live[cdata]]
@@ -200,6 +246,8 @@ class StorageTracker(TorchDispatchMode):
                 if now is not None and now != before:
                     self._emit(record.index, now - record.nbytes)
                     record.nbytes = now
+        if self._shortfall_rule is not None:
+            self._make_up_shortfall(func, args, kwargs, out)
         if self._workspace_rule is not None:
             extra = self._workspace_rule(func, args, kwargs, out)
             if extra is None:
@@ -243,6 +291,10 @@ class StorageTracker(TorchDispatchMode):
         op: str,
         at_start: bool = False,
     ) -> None:
+        if is_traceable_wrapper_subclass(tensor):
+            for inner in plain_tensors(tensor):
+                self._adopt(inner, category, module, op, at_start)
+            return
         key = _storage_key(tensor)
         if key is None or key[0] in self._live:
             return
@@ -263,6 +315,18 @@ class StorageTracker(TorchDispatchMode):
             finalizer.detach()
         self._finalizers.clear()
         self._live.clear()
+
+    def _make_up_shortfall(self, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> None:
+        assert self._shortfall_rule is not None
+        missing = self._shortfall_rule(func, args, kwargs)
+        outputs = [t for t in tree_flatten(out)[0] if isinstance(t, torch.Tensor)]
+        if missing <= 0 or not outputs:
+            return
+        key = _storage_key(outputs[-1])
+        if key is not None and key[0] in self._live:
+            record = self.trace.records[self._live[key[0]]]
+            self._emit(record.index, missing)
+            record.nbytes += missing
 
     def _transient(self, nbytes: int, op: str) -> None:
         record = self._new_record(nbytes, Category.WORKSPACE, self.module, op)
