@@ -43,7 +43,8 @@ class ResidualMLP(nn.Module):
         for _ in range(self.reuse):
             for block in self.blocks:
                 x = x + block(x)
-        return self.head(x)
+        result: torch.Tensor = self.head(x)
+        return result
 
 
 def residual_mlp() -> nn.Module:
@@ -72,7 +73,8 @@ class Autoencoder(nn.Module):
         self.decoder = nn.Sequential(nn.Linear(64, 512), nn.Tanh(), nn.Linear(512, 1024), nn.Sigmoid())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return ((self.decoder(self.encoder(x)) - x) ** 2).mean()
+        result: torch.Tensor = ((self.decoder(self.encoder(x)) - x) ** 2).mean()
+        return result
 
 
 def autoencoder() -> nn.Module:
@@ -92,7 +94,8 @@ class EmbeddingClassifier(nn.Module):
         self.classify = nn.Sequential(nn.Linear(width, width), nn.SiLU(), nn.Linear(width, 4))
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        return self.classify(self.embed(tokens).mean(dim=1))
+        result: torch.Tensor = self.classify(self.embed(tokens).mean(dim=1))
+        return result
 
 
 def embedding_classifier() -> nn.Module:
@@ -106,7 +109,8 @@ def token_inputs(batch: int = 32, seq: int = 128, vocab: int = 20000) -> torch.T
 def frozen_mlp() -> nn.Module:
     """The MLP with its first layer frozen: no gradient, no optimizer state for it."""
     model = mlp()
-    for p in model[0].parameters():
+    first_layer: nn.Module = model.get_submodule("0")
+    for p in first_layer.parameters():
         p.requires_grad_(False)
     return model
 
@@ -130,7 +134,7 @@ def vit_b16() -> nn.Module:
     """ViT-B/16 at 224x224 with a 1000-class head."""
     from transformers import ViTConfig, ViTForImageClassification
 
-    return ViTForImageClassification(ViTConfig(num_labels=1000))
+    return ViTForImageClassification(ViTConfig(num_labels=1000))  # type: ignore[call-arg]
 
 
 def lm_inputs(batch: int = 4, seq: int = 128, vocab: int = 30522) -> dict[str, Any]:
@@ -177,7 +181,8 @@ class RNNClassifier(nn.Module):
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         out, _ = self.rnn(self.embed(tokens))
-        return self.head(out[:, -1])
+        result: torch.Tensor = self.head(out[:, -1])
+        return result
 
 
 def lstm() -> nn.Module:
@@ -210,7 +215,8 @@ class CheckpointedMLP(ResidualMLP):
 
         for block in self.blocks:
             x = x + checkpoint(block, x, use_reentrant=False)
-        return self.head(x)
+        result: torch.Tensor = self.head(x)
+        return result
 
 
 def checkpointed_mlp() -> nn.Module:
@@ -248,7 +254,8 @@ class UNet(nn.Module):
         m = self.middle(self.pool(d2))
         u2 = self.dec2(torch.cat([self.up2(m), d2], dim=1))
         u1 = self.dec1(torch.cat([self.up1(u2), d1], dim=1))
-        return self.out(u1)
+        result: torch.Tensor = self.out(u1)
+        return result
 
 
 def unet() -> nn.Module:
@@ -263,7 +270,7 @@ def resnet50() -> nn.Module:
     """ResNet-50 (transformers' ResNet) with a 1000-class head."""
     from transformers import ResNetConfig, ResNetForImageClassification
 
-    return ResNetForImageClassification(ResNetConfig(num_labels=1000))
+    return ResNetForImageClassification(ResNetConfig(num_labels=1000))  # type: ignore[call-arg]
 
 
 def mobilenet_v2() -> nn.Module:

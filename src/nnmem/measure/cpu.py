@@ -10,6 +10,7 @@ from __future__ import annotations
 import pickle
 import sys
 import traceback
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -47,7 +48,7 @@ class _Marks:
         self.kv_cache_bytes = max(self.kv_cache_bytes, _unique_bytes(tensors))
 
 
-def _unique_bytes(tensors: list[torch.Tensor]) -> int:
+def _unique_bytes(tensors: Sequence[torch.Tensor]) -> int:
     storages = {t.untyped_storage()._cdata: t.untyped_storage().nbytes() for t in tensors}
     return int(sum(storages.values()))
 

@@ -31,7 +31,11 @@ def fake_parameters(
     made: dict[int, torch.Tensor] = {}
     saved: list[tuple[dict[str, Any], str, Any]] = []
     for module in model.modules():
-        for table, is_parameter in ((module._parameters, True), (module._buffers, False)):
+        tables: tuple[tuple[dict[str, Any], bool], ...] = (
+            (module._parameters, True),
+            (module._buffers, False),
+        )
+        for table, is_parameter in tables:
             for name, tensor in list(table.items()):
                 if tensor is None:
                     continue

@@ -112,7 +112,7 @@ def run_step(model: torch.nn.Module, inputs: Any, config: StepConfig, observer: 
                 if config.accumulate > 1:
                     loss = loss / config.accumulate
             observer.set_phase(Phase.BACKWARD, step, micro)
-            loss.backward()
+            loss.backward()  # type: ignore[no-untyped-call]
             observer.saw_gradients(params)
         observer.set_phase(Phase.OPTIMIZER, step)
         optimizer.step()

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import weakref
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -88,7 +88,7 @@ def plain_tensors(tensor: torch.Tensor) -> list[torch.Tensor]:
     """The tensors that hold `tensor`'s memory: itself, or for a wrapper subclass (DTensor,
     FSDP2's sharded parameters) the inner tensors it wraps, which own the storages."""
     if is_traceable_wrapper_subclass(tensor):
-        names, _ = tensor.__tensor_flatten__()  # type: ignore[attr-defined]
+        names, _ = tensor.__tensor_flatten__()
         return [t for name in names for t in plain_tensors(getattr(tensor, name))]
     return [tensor]
 
@@ -104,13 +104,13 @@ def _storage_key(tensor: torch.Tensor) -> tuple[int, torch.UntypedStorage] | Non
     return storage._cdata, storage
 
 
-class StorageTracker(TorchDispatchMode):
+class StorageTracker(TorchDispatchMode):  # type: ignore[no-untyped-call]
     """Record the birth, death and size of every storage an op creates."""
 
     def __init__(
         self, workspace_rule: WorkspaceRule | None = None, shortfall_rule: ShortfallRule | None = None
     ) -> None:
-        super().__init__()
+        super().__init__()  # type: ignore[no-untyped-call]
         self._shortfall_rule = shortfall_rule
         self.trace = Trace()
         self._live: dict[int, int] = {}  # storage _cdata -> record index
@@ -142,7 +142,7 @@ class StorageTracker(TorchDispatchMode):
             self._forward_start = now
         self.phase, self.step, self.micro = phase, step, micro
 
-    def register(self, tensors: dict[str, torch.Tensor], category: Category) -> None:
+    def register(self, tensors: Mapping[str, torch.Tensor], category: Category) -> None:
         """Adopt tensors that exist before the step (parameters, buffers, inputs), by name.
 
         A parameter's or buffer's memory is attributed to the module that owns it. A storage
