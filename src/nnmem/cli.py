@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 from rich.console import Console
+from rich.text import Text
 
 from nnmem.errors import NnmemError, UsageError
 from nnmem.options import parse_dtype
@@ -67,8 +68,8 @@ def resolve_target(args: argparse.Namespace) -> Target:
         spec = load_spec(args.spec)
         batch = args.batch or 1
         dtype = parse_dtype(args.dtype) or torch.float32
-        inputs = torch.empty(spec.input_shape(batch), dtype=spec.input_dtype(dtype), device="meta")
-        return Target(FromSpec(args.spec), inputs, args.spec)
+        example = torch.empty(spec.input_shape(batch), dtype=spec.input_dtype(dtype), device="meta")
+        return Target(FromSpec(args.spec), example, args.spec)
     raise UsageError(
         "say what to estimate: a spec file or text, or --model FILE.py:FACTORY with --input SHAPE"
     )
@@ -118,6 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
     estimate.add_argument(
         "--device", default="cuda", help="whose kernels to model: cuda or cpu (default cuda)"
     )
+    _add_report_flags(estimate)
     measure = commands.add_parser("measure", help="run the same step for real (CPU) and report its memory")
     _add_common(measure)
     compare = commands.add_parser("compare", help="estimate and measure the same step, side by side")
@@ -129,29 +131,100 @@ def _print_json(data: Any) -> None:
     sys.stdout.write(json.dumps(data, indent=2) + "\n")
 
 
+def _add_report_flags(parser: argparse.ArgumentParser) -> None:
+    """How to write the report: format, file, the table's columns, plots (docs/reports.md)."""
+    parser.add_argument(
+        "--format",
+        choices=("table", "json", "csv", "markdown", "html"),
+        default=None,
+        help="table (the terminal; default), json, csv or markdown (the per-layer table), html (one file)",
+    )
+    parser.add_argument("--output", "-o", metavar="FILE", help="write the report to FILE (atomically)")
+    parser.add_argument(
+        "--columns",
+        metavar="LIST",
+        help="the per-layer table's columns, e.g. name,output_shape,activation_bytes",
+    )
+    parser.add_argument(
+        "--plot",
+        metavar="FILE",
+        help="plot live memory over the step to FILE.png or .svg (needs nnmem[plot])",
+    )
+    parser.add_argument("--plot-layers", metavar="FILE", help="plot each layer's activations and parameters")
+    parser.add_argument("--plot-batches", metavar="FILE", help="plot the peak against the --batches sizes")
+    parser.add_argument(
+        "--batches",
+        metavar="LIST",
+        help="batch sizes to estimate the peak at, e.g. 1,8,32,64 (default: ½, 1, 2, 4 × the batch); "
+        "shown in --format html, markdown and json",
+    )
+
+
+def _batch_peaks(
+    args: argparse.Namespace, target: Target, inputs_for: Any = None
+) -> tuple[tuple[int, int], ...]:
+    """The what-if of --batches / --plot-batches: one estimate per batch size, same settings."""
+    if not (args.batches or args.plot_batches):
+        return ()
+    from nnmem.analyses.whatif import batch_of, default_batches, parse_batches, peaks_by_batch
+
+    sizes = parse_batches(args.batches) if args.batches else default_batches(batch_of(target.inputs))
+    keywords = {**_step_keywords(args), "device": args.device}
+    return peaks_by_batch(target.model, target.inputs, sizes, inputs_for, **keywords)
+
+
+def _deliver(args: argparse.Namespace, console: Console, document: Any) -> int:
+    """Write `document` in the chosen format to the terminal or --output, then any plots."""
+    from nnmem.render import plot
+    from nnmem.render.document import document_figure, render_text, terminal_view
+    from nnmem.render.files import write_atomic
+    from nnmem.render.formats import parse_columns
+
+    fmt = "json" if args.json else (args.format or "table")
+    columns = parse_columns(args.columns)
+    plots = [
+        (path, kind)
+        for path, kind in (
+            (args.plot, "timeline"),
+            (args.plot_layers, "layers"),
+            (args.plot_batches, "batches"),
+        )
+        if path
+    ]
+    plot.check_plot_paths([path for path, _ in plots])  # before anything is written
+    document.layers.select(columns)  # an unknown column is an error before anything is written
+    if args.output:
+        write_atomic(args.output, render_text(document, fmt, columns, console.width))
+    elif fmt == "table":
+        console.print(terminal_view(document, columns, console.width))
+    else:
+        sys.stdout.write(render_text(document, fmt, columns, console.width))
+    for path, kind in plots:
+        plot.save_figure(document_figure(document, kind), path)
+    return 0
+
+
 def run_estimate(args: argparse.Namespace, console: Console) -> int:
     from nnmem.estimate import estimate
-    from nnmem.render.text import summary
+    from nnmem.render.document import engine_document
 
     target = resolve_target(args)
     report = estimate(target.model, target.inputs, device=args.device, **_step_keywords(args))
     if args.spec and not args.model:
         return _spec_estimate(args, target, report, console)
-    if args.json:
-        _print_json(report.to_dict())
-    else:
-        console.print(summary(report))
-    return 0
+    title = f"nnmem estimate: {target.describe}"
+    return _deliver(args, console, engine_document(report, title, _batch_peaks(args, target)))
 
 
 def _spec_estimate(args: argparse.Namespace, target: Target, report: Any, console: Console) -> int:
     """A spec gets the hand calculation: its layer table, the textbook, and both real peaks."""
     from nnmem.estimate import estimate
     from nnmem.frontends.spec import load_spec, textbook
-    from nnmem.render.handcalc import handcalc, handcalc_dict
+    from nnmem.render.document import spec_document
 
     dtype = parse_dtype(args.dtype) or torch.float32
-    book = textbook(load_spec(args.spec), batch=args.batch or 1, dtype_bytes=dtype.itemsize)
+    spec = load_spec(args.spec)
+    book = textbook(spec, batch=args.batch or 1, dtype_bytes=dtype.itemsize)
     keywords = {**_step_keywords(args), "mode": "inference"}
     inference = (
         report
@@ -164,11 +237,13 @@ def _spec_estimate(args: argparse.Namespace, target: Target, report: Any, consol
         if report.mode == "train"
         else estimate(target.model, target.inputs, device=args.device, **keywords)
     )
-    if args.json:
-        _print_json(handcalc_dict(book, inference, training, report))
-    else:
-        console.print(handcalc(book, inference, training))
-    return 0
+
+    def inputs_for(batch: int) -> torch.Tensor:
+        return torch.empty(spec.input_shape(batch), dtype=spec.input_dtype(dtype), device="meta")
+
+    peaks = _batch_peaks(args, target, inputs_for)
+    title = f"nnmem estimate: {target.describe}"
+    return _deliver(args, console, spec_document(report, book, inference, training, title, peaks))
 
 
 def run_measure(args: argparse.Namespace, console: Console) -> int:
@@ -214,7 +289,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return COMMANDS[args.command](args, console)
     except NnmemError as error:
-        err.print("[bold red]error:[/bold red]", str(error), highlight=False, soft_wrap=True)
+        message = Text(str(error))  # as text, not markup: "pip install 'nnmem[plot]'" keeps its brackets
+        err.print("[bold red]error:[/bold red]", message, highlight=False, soft_wrap=True)
         return error.exit_code
     except KeyboardInterrupt:
         err.print("interrupted")

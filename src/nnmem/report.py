@@ -131,6 +131,12 @@ class Report:
         """Bytes by category at the steady-state peak."""
         return self.steady.categories
 
+    def _repr_html_(self) -> str:
+        """How Jupyter shows a report: the peak, the categories and the per-layer table."""
+        from nnmem.render.html import report_fragment
+
+        return report_fragment(self)
+
     def to_dict(self, timeline: bool = False) -> dict[str, Any]:
         result: dict[str, Any] = {
             "peak_bytes": self.peak_bytes,

@@ -6,8 +6,8 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
-from nnmem.report import Peak, Report
 from nnmem.render.units import human_bytes, signed_percent
+from nnmem.report import Peak, Report
 
 
 def _where(peak: Peak) -> str:
