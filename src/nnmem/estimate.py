@@ -18,7 +18,7 @@ from torch.utils._pytree import tree_flatten
 
 from nnmem.categories import Category, Mode, Phase
 from nnmem.errors import ModelError, NnmemError, TraceError, UsageError
-from nnmem.options import dtype_name, parse_amp, parse_device, parse_dtype, parse_mode
+from nnmem.options import parse_amp, parse_device, parse_dtype, parse_mode
 from nnmem.report import LayerRow, Report
 from nnmem.timeline import alive_at, describe_peak, levels, peak_index, timeline_points
 from nnmem.trace.fake import fake_inputs, fake_parameters
@@ -268,16 +268,7 @@ def make_report(
     unknown = tuple(
         sorted(((op, mod, n) for (op, mod), n in trace.unknown_ops.items()), key=lambda item: -item[2])
     )
-    optimizer_name = config.optimizer if isinstance(config.optimizer, str) else "custom"
-    settings = (
-        ("optimizer", optimizer_name if config.mode is Mode.TRAIN else "none"),
-        ("implementation", str(config.implementation)),
-        ("dtype", dtype_name(param_dtype) if param_dtype else "as built"),
-        ("amp", dtype_name(config.amp) if config.amp else "off"),
-        ("accumulate", str(config.accumulate)),
-        ("steps", str(config.steps)),
-        ("threads", str(threads)),
-    )
+    settings = config.settings(param_dtype, threads)
     timeline = timeline_points(trace, lv)
     # the KV cache as generation leaves it: at the last event before the closing setup phase
     kv_cache_bytes = next(

@@ -20,7 +20,7 @@ from nnmem.categories import Category, Mode, Phase
 from nnmem.errors import MeasureError, UsageError
 from nnmem.estimate import ModelLike, step_config
 from nnmem.measure.job import Job, Measurement
-from nnmem.options import dtype_name, parse_dtype
+from nnmem.options import parse_dtype
 from nnmem.report import Breakdown, Peak, Report, TimelinePoint
 from nnmem.trace.optimizers import Implementation, OptimizerFactory
 from nnmem.trace.step import LossFn
@@ -106,15 +106,7 @@ def _report(m: Measurement, config: Any, param_dtype: torch.dtype | None) -> Rep
         TimelinePoint(i, step, phase, Breakdown(other=total))
         for i, (total, (phase, step)) in enumerate(zip(m.totals, phases, strict=True))
     )
-    settings = (
-        ("optimizer", str(config.optimizer) if config.mode is Mode.TRAIN else "none"),
-        ("implementation", str(config.implementation)),
-        ("dtype", dtype_name(param_dtype) if param_dtype else "as built"),
-        ("amp", dtype_name(config.amp) if config.amp else "off"),
-        ("accumulate", str(config.accumulate)),
-        ("steps", str(config.steps)),
-        ("threads", str(m.threads)),
-    )
+    settings = config.settings(param_dtype, m.threads)
     return Report(
         peak_bytes=steady.bytes,
         mode=config.mode,

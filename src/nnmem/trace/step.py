@@ -18,6 +18,7 @@ from typing import Any, Protocol
 import torch
 
 from nnmem.categories import Mode, Phase
+from nnmem.options import dtype_name
 from nnmem.trace.optimizers import Implementation, OptimizerFactory, make_optimizer
 
 LossFn = Callable[[Any], torch.Tensor]
@@ -49,6 +50,19 @@ class StepConfig:
     steps: int = 2
     loss: LossFn | None = None
     new_tokens: int = 0  # generation: tokens decoded after the prefill
+
+    def settings(self, param_dtype: torch.dtype | None, threads: int) -> tuple[tuple[str, str], ...]:
+        """What was modelled, as (name, value) words for reports."""
+        optimizer = self.optimizer if isinstance(self.optimizer, str) else "custom"
+        return (
+            ("optimizer", optimizer if self.mode is Mode.TRAIN else "none"),
+            ("implementation", str(self.implementation)),
+            ("dtype", dtype_name(param_dtype) if param_dtype else "as built"),
+            ("amp", dtype_name(self.amp) if self.amp else "off"),
+            ("accumulate", str(self.accumulate)),
+            ("steps", str(self.steps)),
+            ("threads", str(threads)),
+        )
 
 
 def default_loss(output: Any) -> torch.Tensor:
