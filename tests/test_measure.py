@@ -40,5 +40,5 @@ def test_a_failing_real_run_is_reported() -> None:
 
 
 def test_cuda_measurement_needs_a_gpu() -> None:
-    with pytest.raises(UsageError, match="GPU"):
+    with pytest.raises(UsageError, match="CUDA GPU"):
         nnmem.measure(zoo.mlp, torch.randn(8, 784), device="cuda")

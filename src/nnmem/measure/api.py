@@ -19,6 +19,7 @@ import torch
 from nnmem.categories import Category, Mode, Phase
 from nnmem.errors import MeasureError, UsageError
 from nnmem.estimate import ModelLike, step_config
+from nnmem.measure.cuda import CudaMeasurement
 from nnmem.measure.job import Job, Measurement
 from nnmem.options import parse_dtype
 from nnmem.report import Breakdown, Peak, Report, TimelinePoint
@@ -51,9 +52,9 @@ def measure(
     and zero integers.
     """
     config = step_config(mode, optimizer, loss, device, amp, accumulate, set_to_none, implementation, steps)
-    if config.device != "cpu":
+    if config.device == "cuda" and not torch.cuda.is_available():
         raise UsageError(
-            "nnmem measure runs on CPU here; CUDA measurement needs a GPU (see bench/gpu_check.py)"
+            "device='cuda' needs a CUDA GPU, and this machine has none; measure with device='cpu'"
         )
     param_dtype = parse_dtype(dtype)
     threads = threads or torch.get_num_threads()
@@ -94,6 +95,8 @@ def measure(
             result = pickle.load(file)
     if isinstance(result, dict):
         raise MeasureError(f"the real run failed: {result['error']}")
+    if isinstance(result, CudaMeasurement):
+        return _cuda_report(result, config, param_dtype)
     return _report(result, config, param_dtype)
 
 
@@ -121,6 +124,41 @@ def _report(m: Measurement, config: Any, param_dtype: torch.dtype | None) -> Rep
         ),
         settings=settings,
         timeline=timeline,
+    )
+
+
+def _cuda_report(m: CudaMeasurement, config: Any, param_dtype: torch.dtype | None) -> Report:
+    """The CUDA run's report: peaks per phase of the allocator's allocated bytes."""
+
+    def peak_of(step: int) -> Peak:
+        phases = [p for p in m.peaks if p.step == step and p.phase != str(Phase.SETUP)]
+        if not phases:
+            raise MeasureError(f"the real run recorded nothing in step {step}")
+        top = max(phases, key=lambda p: p.allocated)
+        known = {
+            Category.PARAMETER: m.parameter_bytes,
+            Category.BUFFER: m.buffer_bytes,
+            Category.INPUT: m.input_bytes,
+        }
+        known[Category.OTHER] = top.allocated - sum(known.values())
+        return Peak(top.allocated, Phase(top.phase), "", "", Breakdown.of(known), ())
+
+    last = config.steps
+    steady = peak_of(last)
+    reserved = max(p.reserved for p in m.peaks if p.step == last)
+    return Report(
+        peak_bytes=steady.bytes,
+        mode=config.mode,
+        device="cuda",
+        source="measure",
+        steady=steady,
+        first_step=peak_of(1) if config.mode is Mode.TRAIN and last > 1 else None,
+        parameters=m.parameters,
+        notes=(
+            f"measured on {m.device_name} with torch.cuda.max_memory_allocated per phase;"
+            f" max_memory_reserved in the last step: {reserved:,} B",
+        ),
+        settings=config.settings(param_dtype, 0),
     )
 
 

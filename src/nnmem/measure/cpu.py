@@ -10,7 +10,6 @@ from __future__ import annotations
 import pickle
 import sys
 import traceback
-from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -18,7 +17,7 @@ from torch.profiler import ProfilerActivity, profile, record_function
 from torch.utils._pytree import tree_flatten, tree_map
 
 from nnmem.categories import Phase
-from nnmem.measure.job import Job, Measurement, PhaseMark
+from nnmem.measure.job import Job, Measurement, PhaseMark, unique_bytes
 from nnmem.trace.step import run_step
 
 MARK = "nnmem::mark::"
@@ -38,19 +37,14 @@ class _Marks:
 
     def saw_gradients(self, params: list[torch.nn.Parameter]) -> None:
         grads = [p.grad for p in params if p.grad is not None]
-        self.gradient_bytes = max(self.gradient_bytes, _unique_bytes(grads))
+        self.gradient_bytes = max(self.gradient_bytes, unique_bytes(grads))
 
     def saw_optimizer_state(self, optimizer: torch.optim.Optimizer) -> None:
         state = [v for s in optimizer.state.values() for v in s.values() if isinstance(v, torch.Tensor)]
-        self.optimizer_state_bytes = max(self.optimizer_state_bytes, _unique_bytes(state))
+        self.optimizer_state_bytes = max(self.optimizer_state_bytes, unique_bytes(state))
 
     def saw_kv_cache(self, tensors: list[torch.Tensor]) -> None:
-        self.kv_cache_bytes = max(self.kv_cache_bytes, _unique_bytes(tensors))
-
-
-def _unique_bytes(tensors: Sequence[torch.Tensor]) -> int:
-    storages = {t.untyped_storage()._cdata: t.untyped_storage().nbytes() for t in tensors}
-    return int(sum(storages.values()))
+        self.kv_cache_bytes = max(self.kv_cache_bytes, unique_bytes(tensors))
 
 
 def _materialize(value: Any, dtype: torch.dtype | None) -> Any:
@@ -104,7 +98,7 @@ def run(job: Job) -> Measurement:
         params = list(model.parameters())
         buffers = list(model.buffers())
         leaves = [t for t in tree_flatten(inputs)[0] if isinstance(t, torch.Tensor)]
-        sizes = (_unique_bytes(params), _unique_bytes(buffers), _unique_bytes(leaves))
+        sizes = (unique_bytes(params), unique_bytes(buffers), unique_bytes(leaves))
         count = sum(p.numel() for p in params)
         run_step(model, inputs, job.config, observer)
     events, marks = _memory_events(prof)
@@ -126,7 +120,13 @@ def run(job: Job) -> Measurement:
 def main() -> int:
     job: Job = pickle.loads(sys.stdin.buffer.read())
     try:
-        result: Any = run(job)
+        result: Any
+        if job.config.device == "cuda":
+            from nnmem.measure.cuda import run_cuda
+
+            result = run_cuda(job, *_build(job))
+        else:
+            result = run(job)
     except BaseException as error:  # reported to the parent, which raises MeasureError
         result = {"error": f"{type(error).__name__}: {error}", "traceback": traceback.format_exc()}
     with open(job.result_path, "wb") as file:

@@ -93,10 +93,13 @@ def call_model(model: torch.nn.Module, inputs: Any) -> Any:
     return model(inputs)
 
 
-def _autocast(config: StepConfig) -> contextlib.AbstractContextManager[Any]:
+def _autocast(config: StepConfig, model: torch.nn.Module) -> contextlib.AbstractContextManager[Any]:
+    """Autocast on the device the model's tensors are on (CPU fakes when tracing)."""
     if config.amp is None:
         return contextlib.nullcontext()
-    return torch.autocast(device_type="cpu", dtype=config.amp)
+    first = next(model.parameters(), None)
+    device = first.device.type if first is not None else "cpu"
+    return torch.autocast(device_type=device, dtype=config.amp)
 
 
 def run_step(model: torch.nn.Module, inputs: Any, config: StepConfig, observer: Observer) -> None:
@@ -108,7 +111,7 @@ def run_step(model: torch.nn.Module, inputs: Any, config: StepConfig, observer: 
         return
     if config.mode is Mode.INFERENCE:
         model.eval()
-        with torch.no_grad(), _autocast(config):
+        with torch.no_grad(), _autocast(config, model):
             observer.set_phase(Phase.FORWARD, 1)
             output = call_model(model, inputs)
             observer.set_phase(Phase.SETUP, 1)
@@ -121,7 +124,7 @@ def run_step(model: torch.nn.Module, inputs: Any, config: StepConfig, observer: 
     for step in range(1, config.steps + 1):
         for micro in range(1, config.accumulate + 1):
             observer.set_phase(Phase.FORWARD, step, micro)
-            with _autocast(config):
+            with _autocast(config, model):
                 loss = loss_fn(call_model(model, inputs))
                 if config.accumulate > 1:
                     loss = loss / config.accumulate
