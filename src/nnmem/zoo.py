@@ -274,10 +274,10 @@ def resnet50() -> nn.Module:
 
 
 def mobilenet_v2() -> nn.Module:
-    """MobileNetV2 1.0 at 224 (transformers) with a 1001-class head."""
+    """MobileNetV2 1.0 at 224 (transformers) with a 1000-class head."""
     from transformers import MobileNetV2Config, MobileNetV2ForImageClassification
 
-    return MobileNetV2ForImageClassification(MobileNetV2Config())
+    return MobileNetV2ForImageClassification(MobileNetV2Config(num_labels=1000))
 
 
 def llama_small() -> nn.Module:
