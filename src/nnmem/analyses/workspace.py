@@ -30,6 +30,13 @@ from typing import Any
 
 import torch
 
+from nnmem.analyses.workspace_rnn import (
+    lstm_layer_dims,
+    mkldnn_rnn_layer_backward_cpu,
+    mkldnn_rnn_layer_cpu,
+)
+from nnmem.analyses.workspace_rnn import mkldnn_rnn_workspace_bytes as mkldnn_rnn_workspace_bytes
+
 Args = Sequence[Any]
 Kwargs = Mapping[str, Any]
 WorkspaceRule = Callable[[Args, Kwargs, Any, int], int]
@@ -567,92 +574,9 @@ def _encoder_layer_cpu(args: Args, kwargs: Kwargs, outputs: Any, threads: int) -
 
 # ----------------------------------------------------------------------------- recurrent (oneDNN LSTM)
 
-
-def _good_ld(dim: int, itemsize: int = 4) -> int:
-    """oneDNN rnn_utils::get_good_ld: 64-byte aligned, not a multiple of 256 elements."""
-    ld = _round_up(dim, 64 // itemsize)
-    return ld + 64 // itemsize if ld % 256 == 0 else ld
-
-
-def _lstm_layer_dims(args: Args, kwargs: Kwargs, hidden_index: int) -> tuple[int, int, int, int]:
-    x, hidden = _tensor(args, kwargs, 0, "input"), int(_arg(args, kwargs, hidden_index, "hidden_size"))
-    return int(x.shape[0]), int(x.shape[1]), int(x.shape[2]), hidden  # (T, N, I, H); input is (T, N, I)
-
-
-def mkldnn_rnn_workspace_bytes(seq_len: int, batch: int, input_size: int, hidden_size: int) -> int:
-    """Size of the uint8 workspace one LSTM layer (one direction) returns in training.
-
-    The workspace is saved for backward; the fake-tensor kernel returns it empty, so the
-    tracer must add these bytes (see `fake_output_shortfall_bytes`). Exact for fp32 on the
-    shapes measured: oneDNN rnn_utils set_offsets registers, each at a 4 KiB page boundary,
-    gates (T*N*ld(4H)), h states (T*N*ld(H)), layer states, c states, diff layer states,
-    diff iter states and diff c states ((T+1)*N*ld each, two layers' worth).
-    Source: oneDNN src/cpu/rnn/rnn_utils.hpp (set_workspace_sizes), rnn_utils.cpp (set_offsets).
-    """
-    page = 4096
-    t, n, h = seq_len, batch, hidden_size
-    states_ld = _good_ld(max(input_size, h))
-    diff_ld = _good_ld(max(input_size, h))
-    sizes = [
-        t * n * _good_ld(4 * h) * 4,  # ws_gates
-        t * n * _good_ld(h) * 4,  # ws_ht
-        2 * (t + 1) * n * states_ld * 4,  # ws_states_layer
-        2 * (t + 1) * n * h * 4,  # ws_states_iter_c
-        2 * (t + 1) * n * diff_ld * 4,  # ws_diff_states_layer
-        2 * (t + 1) * n * diff_ld * 4,  # ws_diff_states_iter
-        2 * (t + 1) * n * h * 4,  # ws_diff_states_iter_c
-    ]
-    offset = 0
-    for size in sizes:
-        offset = _round_up(offset, page) + size
-    return _round_up(offset, page)
-
-
-@register_workspace("aten.mkldnn_rnn_layer.default", "cpu")
-def _mkldnn_rnn_layer_cpu(args: Args, kwargs: Kwargs, outputs: Any, threads: int) -> int:
-    """Bias sum, weight reorders and oneDNN scratchpad of one LSTM layer forward.
-
-    Derivation: mkldnn_rnn_layer adds the two biases (4H), oneDNN reorders both weights (to
-    ldigo, leading dimension padded in training) and uses a scratchpad holding the gates of all
-    time steps (in inference about half of them) and the layer states.
-    Source: aten/src/ATen/native/mkldnn/RNN.cpp, oneDNN src/cpu/rnn/rnn_utils.hpp.
-
-    Known limitations: the scratchpad is a fit to measurements (T, N, I, H from 1 to 512),
-    within ~5 % on mid-size shapes and up to ~30 % on tiny ones; LSTM fp32 only (GRU/RNN do
-    not take this path in PyTorch).
-    """
-    t, n, i, h = _lstm_layer_dims(args, kwargs, 10)
-    train = bool(_arg(args, kwargs, 15, "train"))
-    gates = 4 * h
-    if train:
-        return gates * 4 + (i + h) * _good_ld(gates) * 4 + t * n * gates * 4 + 2 * n * h * 4 + 16384
-    scratch = t * n * gates * 2 + 2 * (t + 1) * n * _good_ld(max(i, h)) * 4 + 7 * n * h * 4 + 16384
-    return gates * 4 + (i + h) * gates * 4 + scratch
-
-
-@register_workspace("aten.mkldnn_rnn_layer_backward.default", "cpu")
-def _mkldnn_rnn_layer_backward_cpu(args: Args, kwargs: Kwargs, outputs: Any, threads: int) -> int:
-    """Zero grads, bias sum, weight reorders and scratchpad of one LSTM layer backward.
-
-    Derivation: missing grad_hy / grad_cy become zeros (N*H each), a non-contiguous grad_output
-    is made contiguous, the biases are summed (4H),
-    oneDNN reorders both weights (leading dimension padded) and keeps the gates of every step.
-    Source: aten/src/ATen/native/mkldnn/RNN.cpp (mkldnn_rnn_layer_backward).
-
-    Known limitations: a fit; within ~5 % on mid-size shapes, ~12 % low on large ones (one more
-    weight-sized oneDNN buffer appears there, not modeled).
-    """
-    t, n, i, h = _lstm_layer_dims(args, kwargs, 15)
-    gates = 4 * h
-    missing = [_arg(args, kwargs, j, name) is None for j, name in ((11, "grad_hy"), (12, "grad_cy"))]
-    zero_grads = sum(missing) * n * h * 4
-    grad_output = _arg(args, kwargs, 10, "grad_output")
-    copy = (
-        _nbytes(grad_output)
-        if isinstance(grad_output, torch.Tensor) and not grad_output.is_contiguous()
-        else 0
-    )
-    return zero_grads + copy + gates * 4 + (i + h) * _good_ld(gates) * 4 + t * n * _good_ld(gates) * 4 + 16384
+# Derived from PyTorch's mkldnn/RNN.cpp, ideep and oneDNN's RNN sizing: see workspace_rnn.
+register_workspace("aten.mkldnn_rnn_layer.default", "cpu")(mkldnn_rnn_layer_cpu)
+register_workspace("aten.mkldnn_rnn_layer_backward.default", "cpu")(mkldnn_rnn_layer_backward_cpu)
 
 
 # ----------------------------------------------------------------------------- matmul, embedding, dropout
@@ -814,13 +738,15 @@ def _to_copy_cpu(args: Args, kwargs: Kwargs, outputs: Any, threads: int) -> int:
 def fake_output_shortfall_bytes(func: object, args: Args, kwargs: Kwargs) -> int:
     """Bytes a real CPU run's outputs hold that the op's fake (meta) kernel does not show.
 
-    ``aten.mkldnn_rnn_layer.default`` in training returns an empty workspace under fake tensors
-    but a real one of `mkldnn_rnn_workspace_bytes`, saved for backward until the layer's
-    backward runs. Source: torch/_meta_registrations.py (mkldnn_rnn_layer).
+    ``aten.mkldnn_rnn_layer.default`` with grad mode on returns an empty workspace under fake
+    tensors but a real one of `mkldnn_rnn_workspace_bytes`, saved for backward until the layer's
+    backward runs. The kernel decides on ``at::GradMode::is_enabled()``, not on its ``train``
+    argument, so this reads grad mode at call time (the tracker calls it inside the op's
+    dispatch). Source: torch/_meta_registrations.py (mkldnn_rnn_layer), mkldnn/RNN.cpp.
     """
-    if str(func) != "aten.mkldnn_rnn_layer.default" or not bool(_arg(args, kwargs, 15, "train")):
+    if str(func) != "aten.mkldnn_rnn_layer.default" or not torch.is_grad_enabled():
         return 0
-    t, n, i, h = _lstm_layer_dims(args, kwargs, 10)
+    t, n, i, h = lstm_layer_dims(args, kwargs, 10)
     return mkldnn_rnn_workspace_bytes(t, n, i, h)
 
 
