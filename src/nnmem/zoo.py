@@ -300,7 +300,7 @@ def t5_small() -> nn.Module:
     """T5-small, an encoder-decoder (tied embeddings)."""
     from transformers import T5Config, T5ForConditionalGeneration
 
-    return T5ForConditionalGeneration(T5Config())
+    return T5ForConditionalGeneration(T5Config(decoder_start_token_id=0))
 
 
 def seq2seq_inputs(batch: int = 4, seq: int = 64) -> dict[str, Any]:
