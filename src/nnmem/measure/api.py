@@ -43,6 +43,7 @@ def measure(
     steps: int | None = None,
     threads: int | None = None,
     timeout: float | None = None,
+    new_tokens: int = 0,
 ) -> Report:
     """Run one step for real and report the memory it took (same keywords as `estimate`).
 
@@ -51,7 +52,9 @@ def measure(
     not in `__main__` or a notebook. Meta-device inputs are filled with random floats
     and zero integers.
     """
-    config = step_config(mode, optimizer, loss, device, amp, accumulate, set_to_none, implementation, steps)
+    config = step_config(
+        mode, optimizer, loss, device, amp, accumulate, set_to_none, implementation, steps, new_tokens
+    )
     if config.device == "cuda" and not torch.cuda.is_available():
         raise UsageError(
             "device='cuda' needs a CUDA GPU, and this machine has none; measure with device='cpu'"
@@ -124,6 +127,7 @@ def _report(m: Measurement, config: Any, param_dtype: torch.dtype | None) -> Rep
         ),
         settings=settings,
         timeline=timeline,
+        kv_cache_bytes=m.kv_cache_bytes,
     )
 
 

@@ -112,6 +112,7 @@ def run(job: Job) -> Measurement:
         input_bytes=sizes[2],
         gradient_bytes=observer.gradient_bytes,
         optimizer_state_bytes=observer.optimizer_state_bytes,
+        kv_cache_bytes=observer.kv_cache_bytes,
         parameters=count,
         threads=job.threads,
     )

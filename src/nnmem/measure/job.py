@@ -52,3 +52,4 @@ class Measurement:
     optimizer_state_bytes: int  # all optimizer state, as it stands after the step
     parameters: int
     threads: int
+    kv_cache_bytes: int = 0  # generation: the key/value cache at its largest

@@ -36,13 +36,15 @@ class OptimizerEntry:
     build: Callable[[list[torch.nn.Parameter], dict[str, Any]], torch.optim.Optimizer]
     description: str
     supports_fused: bool
+    note: str = ""  # said in every report that uses it (e.g. what is modelled, not run)
 
 
 _REGISTRY: dict[str, OptimizerEntry] = {}
+NOTE_8BIT = "8-bit optimizer state modelled on bitsandbytes' layout; bitsandbytes itself cannot run here"
 
 
 def register_optimizer(
-    name: str, description: str, supports_fused: bool = False
+    name: str, description: str, supports_fused: bool = False, note: str = ""
 ) -> Callable[
     [Callable[[list[torch.nn.Parameter], dict[str, Any]], torch.optim.Optimizer]],
     Callable[[list[torch.nn.Parameter], dict[str, Any]], torch.optim.Optimizer],
@@ -54,7 +56,7 @@ def register_optimizer(
     ) -> Callable[[list[torch.nn.Parameter], dict[str, Any]], torch.optim.Optimizer]:
         if name in _REGISTRY:
             raise ValueError(f"optimizer '{name}' is already registered")
-        _REGISTRY[name] = OptimizerEntry(name, build, description, supports_fused)
+        _REGISTRY[name] = OptimizerEntry(name, build, description, supports_fused, note)
         return build
 
     return decorate
@@ -88,6 +90,18 @@ def _adagrad(params: list[torch.nn.Parameter], flags: dict[str, Any]) -> torch.o
 @register_optimizer("rmsprop", "RMSprop: a square average per parameter")
 def _rmsprop(params: list[torch.nn.Parameter], flags: dict[str, Any]) -> torch.optim.Optimizer:
     return torch.optim.RMSprop(params, lr=1e-3, **flags)
+
+
+@register_optimizer(
+    "adam8bit",
+    "Adam with 8-bit blockwise state as bitsandbytes lays it out: 2 bytes per parameter"
+    " plus a float32 per 2048 elements; 32-bit state below 4096 elements",
+    note=NOTE_8BIT,
+)
+def _adam8bit(params: list[torch.nn.Parameter], flags: dict[str, Any]) -> torch.optim.Optimizer:
+    from nnmem.trace.adam8bit import Adam8bit  # one implementation whatever the flags
+
+    return Adam8bit(params, lr=1e-3)
 
 
 def optimizer_names() -> list[str]:
