@@ -30,6 +30,16 @@ from typing import Any
 
 import torch
 
+from nnmem.analyses.onednn_conv import onednn_channel_block as onednn_channel_block
+from nnmem.analyses.workspace_attention import (
+    encoder_layer_cpu,
+    flash_attention_backward_cpu,
+    flash_attention_cpu,
+    native_mha_cpu,
+    safe_softmax_cpu,
+)
+from nnmem.analyses.workspace_conv import convolution_backward_cpu, convolution_cpu, suggests_channels_last
+from nnmem.analyses.workspace_matmul import addmm_cpu, bmm_cpu, mm_cpu
 from nnmem.analyses.workspace_rnn import (
     lstm_layer_dims,
     mkldnn_rnn_layer_backward_cpu,
@@ -100,8 +110,7 @@ NO_WORKSPACE_OPS: frozenset[str] = _METADATA_OPS | frozenset(
         "aten.tril.default", "aten.where.self", "aten.gather.default", "aten.index_select.default",
         "aten.select_backward.default",
         # elementwise
-        "aten.add.Tensor", "aten.add_.Tensor", "aten.sub.Tensor", "aten.mul.Tensor", "aten.mul_.Tensor",
-        "aten.mul.Scalar", "aten.div.Tensor", "aten.div.Scalar", "aten.div_.Scalar", "aten.neg.default",
+        "aten.mul.Scalar", "aten.div.Scalar", "aten.div_.Scalar", "aten.neg.default",
         "aten.pow.Tensor_Scalar", "aten.sqrt.default", "aten.lerp_.Scalar", "aten.addcmul_.default",
         "aten.addcdiv_.default", "aten.relu.default", "aten.relu_.default", "aten.threshold_backward.default",
         "aten.gelu.default", "aten.gelu_backward.default", "aten.tanh.default", "aten.tanh_.default",
@@ -160,228 +169,11 @@ def _round_up(value: int, multiple: int) -> int:
     return -(-value // multiple) * multiple
 
 
-def onednn_channel_block() -> int:
-    """Channels per oneDNN blocked-layout block for fp32: 16 with AVX-512, else 8."""
-    return 16 if torch.backends.cpu.get_cpu_capability().startswith("AVX512") else 8
-
-
-def _suggests_channels_last(t: torch.Tensor) -> bool:
-    if t.dim() == 4:
-        return t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous()
-    if t.dim() == 5:
-        return t.is_contiguous(memory_format=torch.channels_last_3d) and not t.is_contiguous()
-    return False
-
-
 # ----------------------------------------------------------------------------- convolution
 
-_SCRATCH_ALIGN = 128  # the oneDNN scratchpad grantor pads each registered buffer
-
-
-def _conv_uses_mkldnn(x: torch.Tensor, w: torch.Tensor, stride: Sequence[int], dilation: Sequence[int],
-                      groups: int, threads: int) -> bool:  # fmt: skip
-    """`ConvParams::use_mkldnn` of aten/src/ATen/native/Convolution.cpp, for CPU tensors."""
-    if x.dtype in (torch.bfloat16, torch.float16):
-        return True  # taken when the CPU has AVX-512 bf16/fp16 (not measured here)
-    if x.dtype != torch.float32:
-        return False
-    strided = any(s != 1 for s in stride)
-    dilated = any(d != 1 for d in dilation)
-    k_last, k_prev, n = int(w.shape[-1]), int(w.shape[-2]), int(x.shape[0])
-    first = strided or dilated or n >= 16 or k_last != 1 or k_prev != 1 or threads > 1
-    second = groups > 1 or (k_last > 3 and k_prev > 3) or n > 1 or math.prod(x.shape[:4]) > 20480
-    return first and second
-
-
-def _conv_shapes(x: torch.Tensor, w: torch.Tensor, out: torch.Tensor, transposed: bool, groups: int
-                 ) -> tuple[int, int, int, int, int, int]:  # fmt: skip
-    """(batch, in channels, out channels, kernel volume, in spatial, out spatial) of a conv."""
-    n, c = int(x.shape[0]), int(x.shape[1])
-    o = int(w.shape[1]) * groups if transposed else int(w.shape[0])
-    return n, c, o, math.prod(w.shape[2:]), math.prod(x.shape[2:]), math.prod(out.shape[2:])
-
-
-def _onednn_conv_forward_nchw(x: torch.Tensor, w: torch.Tensor, has_bias: bool, out: torch.Tensor,
-                              stride: Sequence[int], groups: int, threads: int) -> int:  # fmt: skip
-    """oneDNN forward on a plain (NCHW) tensor: reorders in, blocked dst, reorder out."""
-    blk, it = onednn_channel_block(), x.element_size()
-    n, c, o, k, s_in, s_out = _conv_shapes(x, w, out, False, groups)
-    cpg, opg = c // groups, o // groups
-    jit, scratch = True, 0
-    if groups > 1 and cpg == 1 and opg == 1:  # depthwise: jit_dw, channels blocked over groups
-        src, wei, dst = (
-            n * _round_up(c, blk) * s_in * it,
-            _round_up(groups, blk) * k * it,
-            n * _round_up(o, blk) * s_out * it,
-        )
-    elif groups > 1 and (cpg % blk or opg % blk):  # gemm convolution: plain layouts, im2col per thread
-        jit, src, wei, dst = False, 0, 0, _nbytes(out)
-        scratch = threads * cpg * k * s_out * 4 + _SCRATCH_ALIGN
-    elif groups > 1:  # grouped, every group a whole number of blocks
-        src, wei, dst = n * c * s_in * it, o * cpg * k * it, n * o * s_out * it
-    else:
-        first = c < blk  # "first convolution": source stays plain, weights not padded over C
-        src = 0 if first else n * _round_up(c, blk) * s_in * it
-        wei = _round_up(o, blk) * (c if first else _round_up(c, blk)) * k * it
-        dst = n * _round_up(o, blk) * s_out * it
-        if k == 1 and any(s != 1 for s in stride) and not first:  # 1x1 strided: "reduce to unit stride"
-            scratch = threads * _round_up(c, blk) * s_out * 4 + _SCRATCH_ALIGN
-    if jit and has_bias and o % blk:
-        scratch += _round_up(o, blk) * 4 + _SCRATCH_ALIGN  # padded bias
-    # phase 1: scratch + src + weights + blocked dst; phase 2: blocked dst + the output (reorder)
-    return max(scratch + src + wei + dst - _nbytes(out), dst)
-
-
-@register_workspace("aten.convolution.default", "cpu")
-def _convolution_cpu(args: Args, kwargs: Kwargs, outputs: Any, threads: int) -> int:
-    """Reorders and scratch of the CPU convolution backends (oneDNN, or the im2col slow path).
-
-    Derivation: oneDNN (mkldnn_convolution) reorders an NCHW source, and weights, to
-    channel-blocked layouts (block 16 on AVX-512, channels padded), computes into a blocked dst
-    and reorders it into the output: peak = max(scratch + src + weights + dst, dst + output).
-    The slow path (thnn_conv2d) builds an im2col matrix of N * C*kh*kw * OH*OW elements.
-    Source: aten/src/ATen/native/mkldnn/Conv.cpp, aten/src/ATen/native/Convolution.cpp
-    (use_mkldnn), aten/src/ATen/native/ConvolutionMM2d.cpp, oneDNN jit/gemm convolution.
-
-    Known limitations: oneDNN picks formats per ISA; measured on AVX-512 fp32 (block 16) only,
-    AVX2 (block 8) is assumed. Channels-last inputs skip the src/dst reorders; their brgemm
-    scratchpad (~12 KB measured) is not counted. Transposed convolution measured on one shape;
-    bf16/fp16 formats, dilated/transposed slow paths and 3-D slow paths are not measured.
-    """
-    x, w = _tensor(args, kwargs, 0, "input"), _tensor(args, kwargs, 1, "weight")
-    bias = _arg(args, kwargs, 2, "bias")
-    stride, dilation = list(_arg(args, kwargs, 3, "stride")), list(_arg(args, kwargs, 5, "dilation"))
-    padding = list(_arg(args, kwargs, 4, "padding"))
-    transposed, groups = bool(_arg(args, kwargs, 6, "transposed")), int(_arg(args, kwargs, 8, "groups"))
-    out = _outputs(outputs)[0]
-    if x.dim() == 3:  # conv1d runs as conv2d on an unsqueezed view
-        x, w, out = x.unsqueeze(2), w.unsqueeze(2), out.unsqueeze(2)
-    it = x.element_size()
-    if _conv_uses_mkldnn(x, w, stride, dilation, groups, threads):
-        if _suggests_channels_last(x) or _suggests_channels_last(w):
-            blk = onednn_channel_block()
-            n, c, o, k, _, _ = _conv_shapes(x, w, out, transposed, groups)
-            weight_copy = 0 if _suggests_channels_last(w) else _nbytes(w)  # weight.contiguous(channels_last)
-            return weight_copy + _round_up(o, blk) * _round_up(c // groups, blk) * groups * k * it
-        if transposed:
-            blk = onednn_channel_block()
-            n, c, o, k, s_in, s_out = _conv_shapes(x, w, out, True, groups)
-            src, dst = n * _round_up(c, blk) * s_in * it, n * _round_up(o, blk) * s_out * it
-            wei = _round_up(o, blk) * _round_up(c, blk) * k * it
-            return max(src + wei + dst - _nbytes(out), dst + _nbytes(out))
-        return _onednn_conv_forward_nchw(x, w, bias is not None, out, stride, groups, threads)
-    n, c, _, k, _, s_out = _conv_shapes(x, w, out, transposed, groups)
-    unit = k == 1 and all(s == 1 for s in stride) and all(p == 0 for p in padding)
-    columns = 0 if unit else n * (c // groups) * k * s_out * it  # im2col matrix of the slow path
-    return columns + (0 if x.is_contiguous() else _nbytes(x))
-
-
-def _minibatch_threads(n: int, cpg: int, opg: int, k: int, spatial: tuple[int, int, int], groups: int,
-                       first: bool, blk: int, threads: int) -> int:  # fmt: skip
-    """Threads oneDNN's backward-weights kernel splits the batch over (each keeps a weight copy).
-
-    jit_avx512_common_conv_bwd_weights_kernel_f32::balance: the (mb, oc blocks, ic blocks)
-    split of least per-thread memory traffic (src 1, dst 1, weights 8), then one of least
-    compute within 110 % of that traffic. 1x1 kernels use jit_avx512_common_1x1_conv_kernel's
-    balance (src 1, dst 1, weights 12, batch x spatial split, no second step).
-    """
-    s_in, s_out, stride = spatial
-    ic_block, nb_ic = (cpg, 1) if first else (blk, -(-cpg // blk))
-    nb_oc = -(-opg // blk)
-    if threads < groups:
-        return 1
-    nthr = threads // groups
-    rows = n * s_out if k == 1 else n
-
-    def memory(mb: int, oc: int, ic: int) -> int:
-        if k == 1:
-            per = -(-rows // mb)
-            src = per * -(-nb_ic // ic) * ic_block // stride
-            return src + per * -(-nb_oc // oc) * blk + 12 * -(-nb_oc // oc) * -(-nb_ic // ic) * ic_block * blk
-        src = -(-n // mb) * -(-nb_ic // ic) * ic_block * s_in // stride
-        dst = -(-n // mb) * -(-nb_oc // oc) * blk * s_out
-        return src + dst + 8 * -(-nb_oc // oc) * -(-nb_ic // ic) * k * ic_block * blk
-
-    def compute(mb: int, oc: int, ic: int) -> int:
-        return -(-n // mb) * -(-nb_oc // oc) * -(-nb_ic // ic)
-
-    splits = [
-        (mb, oc, min(nthr // mb // oc, nb_ic))
-        for mb in range(1, min(nthr, rows) + 1)
-        for oc in range(1, min(nthr // mb, nb_oc) + 1)
-    ]
-    best, best_memory = (1, 1, 1), memory(1, 1, 1)
-    for split in splits:
-        if memory(*split) <= best_memory:
-            best, best_memory = split, memory(*split)
-    if k != 1:
-        best_compute = compute(*best)
-        for split in splits:
-            cheaper = compute(*split) <= best_compute and memory(*split) < 1.1 * best_memory
-            if cheaper or 4 * compute(*split) <= 3 * best_compute:
-                best, best_compute = split, compute(*split)
-    return best[0]
-
-
-@register_workspace("aten.convolution_backward.default", "cpu")
-def _convolution_backward_cpu(args: Args, kwargs: Kwargs, outputs: Any, threads: int) -> int:
-    """Reorders and scratch of the CPU convolution backward (oneDNN, or the im2col slow path).
-
-    Derivation: oneDNN runs two primitives. Backward-data reorders grad_output and weights to
-    blocked layouts and computes a blocked grad_input, reordered to the output; backward-weights
-    reorders grad_output (and the source unless it is a "first convolution", C < 16) again and
-    keeps a weight-gradient copy per extra thread it splits the batch over (oneDNN's balance()
-    picks the split of least memory traffic), reduced at the end:
-    peak = max(dd + w + ds, ds + gi, gi + dd + src + dw + reduction + db) - outputs.
-    Source: aten/src/ATen/native/mkldnn/Conv.cpp (mkldnn_convolution_backward), oneDNN
-    jit_avx512_common_convolution bwd_data/bwd_weights; ConvolutionMM2d.cpp for the slow path.
-
-    Known limitations: the reduction's constant part (8320 bytes, 8064 for 1x1) is a fit, up
-    to ~12 KB off on some shapes; strided backward allocates two blocked-source buffers before
-    the weight gradient (measured, not traced to the source). Channels-last, transposed and
-    non-fp32 backward are not measured (the NCHW rule is applied, channels-last without the
-    src/dst reorders).
-    """
-    go, x = _tensor(args, kwargs, 0, "grad_output"), _tensor(args, kwargs, 1, "input")
-    w = _tensor(args, kwargs, 2, "weight")
-    stride, padding = list(_arg(args, kwargs, 4, "stride")), list(_arg(args, kwargs, 5, "padding"))
-    dilation, transposed = list(_arg(args, kwargs, 6, "dilation")), bool(_arg(args, kwargs, 7, "transposed"))
-    groups, mask = int(_arg(args, kwargs, 9, "groups")), list(_arg(args, kwargs, 10, "output_mask"))
-    if x.dim() == 3:
-        x, w, go = x.unsqueeze(2), w.unsqueeze(2), go.unsqueeze(2)
-    it = x.element_size()
-    n, c, o, k, s_in, s_out = _conv_shapes(x, w, go, transposed, groups)
-    outs = _out_bytes(outputs)
-    if not _conv_uses_mkldnn(x, w, stride, dilation, groups, threads):
-        unit = k == 1 and all(s == 1 for s in stride) and all(p == 0 for p in padding)
-        return 0 if unit else n * (c // groups) * k * s_out * it  # im2col columns, reused by both grads
-    blk = onednn_channel_block()
-    cpg, opg = c // groups, o // groups
-    depthwise = groups > 1 and cpg == 1 and opg == 1
-    channels_last = _suggests_channels_last(x) or _suggests_channels_last(w)
-    first = groups == 1 and c < blk
-    dd = 0 if channels_last else n * _round_up(o, blk) * s_out * it
-    ds = 0 if channels_last else n * _round_up(c, blk) * s_in * it
-    src = 0 if channels_last or first else n * _round_up(c, blk) * s_in * it
-    if depthwise:
-        w_data = w_grad = _round_up(groups, blk) * k * it
-    else:
-        w_data = _round_up(o, blk) * _round_up(cpg, blk) * groups * k * it
-        w_grad = _round_up(o, blk) * (c if first else _round_up(cpg, blk) * groups) * k * it
-    grad_input = n * c * s_in * it if mask[0] else 0
-    peaks = [0]
-    if mask[0]:
-        peaks += [dd + w_data + ds, ds + grad_input]
-    if mask[1] or mask[2]:
-        bias_grad = o * it if mask[2] else 0
-        spatial = (math.prod(x.shape[2:]), math.prod(go.shape[2:]), math.prod(stride))
-        split = 1 if depthwise else _minibatch_threads(n, cpg, opg, k, spatial, groups, first, blk, threads)
-        constant = 8064 if k == 1 else 8320  # fitted: barrier and alignment of the reduction
-        reduction = (split - 1) * (w_grad + _round_up(o, blk) * it) + constant if split > 1 else 0
-        peaks += [grad_input + dd + src + w_grad + reduction + bias_grad, outs + w_grad + bias_grad]
-        if any(st != 1 for st in stride) and not (channels_last or first):  # two blocked sources first
-            peaks.append(grad_input + 2 * n * _round_up(c, blk) * s_in * it)
-    return max(0, max(peaks) - outs)
+# oneDNN's convolution implementations, their layouts and scratchpads: see workspace_conv.
+register_workspace("aten.convolution.default", "cpu")(convolution_cpu)
+register_workspace("aten.convolution_backward.default", "cpu")(convolution_backward_cpu)
 
 
 # ----------------------------------------------------------------------------- normalization
@@ -401,9 +193,9 @@ def _batch_norm_cpu(args: Args, kwargs: Kwargs, outputs: Any, threads: int) -> i
     x, train = _tensor(args, kwargs, 0, "input"), bool(_arg(args, kwargs, 5, "training"))
     c = int(x.shape[1])
     channel = c * 4
-    if not (x.is_contiguous() or _suggests_channels_last(x)):
+    if not (x.is_contiguous() or suggests_channels_last(x)):
         return 0 if train else 3 * channel
-    last = x.dim() == 2 or _suggests_channels_last(x)
+    last = x.dim() == 2 or suggests_channels_last(x)
     return 2 * channel + (threads * channel if train and last else 0)
 
 
@@ -426,11 +218,11 @@ def _batch_norm_backward_cpu(args: Args, kwargs: Kwargs, outputs: Any, threads: 
     c = int(x.shape[1])
     channel = c * 4
     contiguous = (x.is_contiguous() and go.is_contiguous()) or (
-        _suggests_channels_last(x) and _suggests_channels_last(go)
+        suggests_channels_last(x) and suggests_channels_last(go)
     )
     if not contiguous:
         return channel
-    last = x.dim() == 2 or _suggests_channels_last(x)
+    last = x.dim() == 2 or suggests_channels_last(x)
     kernel = (2 * threads * channel + (0 if train else channel)) if last else 0
     return max(_nbytes(x) if mask[0] else 0, kernel)
 
@@ -454,122 +246,14 @@ def _layer_norm_backward_cpu(args: Args, kwargs: Kwargs, outputs: Any, threads: 
 
 # ----------------------------------------------------------------------------- attention
 
-
-def _flash_split_sizes(q_len: int, kv_len: int) -> tuple[int, int]:
-    q_split = 256 if q_len >= 768 else 64 if q_len >= 192 else 32
-    return min(q_split, q_len), min(512, kv_len)
-
-
-@register_workspace("aten._scaled_dot_product_flash_attention_for_cpu.default", "cpu")
-def _flash_attention_cpu(args: Args, kwargs: Kwargs, outputs: Any, threads: int) -> int:
-    """Per-thread tiles of the CPU flash attention forward.
-
-    Derivation: cpu_flash_attention allocates buf[num_threads, qS*kvS + 2*qS + qS*Ev] in the
-    accumulation type, with qS = 32/64/256 for q_len < 192/< 768/>= 768 and kvS = min(512, kv_len).
-    Source: aten/src/ATen/native/cpu/FlashAttentionKernel.cpp, transformers/attention.cpp.
-
-    Known limitations: fp32 measured; bf16/fp16 add a reduced-type tile and packed K/V buffers
-    that are not counted; an attention mask is not measured.
-    """
-    q, v = _tensor(args, kwargs, 0, "query"), _tensor(args, kwargs, 2, "value")
-    q_split, kv_split = _flash_split_sizes(int(q.shape[-2]), int(v.shape[-2]))
-    per_thread = q_split * kv_split + 2 * q_split + q_split * int(v.shape[-1])
-    return threads * per_thread * 4
-
-
-@register_workspace("aten._scaled_dot_product_flash_attention_for_cpu_backward.default", "cpu")
-def _flash_attention_backward_cpu(args: Args, kwargs: Kwargs, outputs: Any, threads: int) -> int:
-    """Per-thread tiles of the CPU flash attention backward, and a copy of grad_out.
-
-    Derivation: cpu_flash_attention_backward allocates buf[num_threads, 2 * qS * kvS] (attn and
-    grad_attn tiles) and a qS-sized row buffer; grad_out is made contiguous in the kernel's
-    (B, L, H, E) layout, a copy unless it already is.
-    Source: aten/src/ATen/native/cpu/FlashAttentionKernel.cpp.
-
-    Known limitations: fp32 measured; reduced types add buffers not counted.
-    """
-    go, q = _tensor(args, kwargs, 0, "grad_out"), _tensor(args, kwargs, 1, "query")
-    k = _tensor(args, kwargs, 2, "key")
-    q_split, kv_split = _flash_split_sizes(int(q.shape[-2]), int(k.shape[-2]))
-    grad_out_copy = 0 if go.transpose(1, 2).is_contiguous() else _nbytes(go)
-    return threads * 2 * q_split * kv_split * 4 + q_split * 4 + grad_out_copy
-
-
-@register_workspace("aten._safe_softmax.default", "cpu")
-def _safe_softmax_cpu(args: Args, kwargs: Kwargs, outputs: Any, threads: int) -> int:
-    """The masks of _safe_softmax: a bool per element, a bool per row, a scalar.
-
-    Derivation: softmax, then ``isneginf(self)`` (numel bools), ``.all(dim)`` (numel / size(dim)
-    bools) and a 0-dim zero, all freed once masked_fill_ has written the output.
-    Source: aten/src/ATen/native/SoftMax.cpp (_safe_softmax).
-
-    Known limitations: the scalar is counted as 4 bytes (fp32 measured).
-    """
-    x, dim = _tensor(args, kwargs, 0, "self"), int(_arg(args, kwargs, 1, "dim"))
-    rows = x.numel() // max(1, int(x.shape[dim])) if x.dim() else 1
-    return x.numel() + rows + 4
-
-
-def _mha_peak(x: torch.Tensor, num_heads: int, need_weights: bool) -> tuple[int, int]:
-    """(peak above the input, bytes left) of _native_multi_head_attention's self-attention path."""
-    b, t, d = (int(s) for s in x.shape)
-    it = x.element_size()
-    qkv = 3 * b * t * d * it
-    scores = b * num_heads * t * t * it
-    context = b * t * d * it
-    # qkv mm + q/k/v split; split + scores; split + 0213 copy + projection (scores kept if wanted)
-    peak = max(2 * qkv, qkv + scores, qkv + 2 * context + (scores if need_weights else 0))
-    kept = context + (b * t * t * it if need_weights else 0)
-    return peak, kept
-
-
-@register_workspace("aten._native_multi_head_attention.default", "cpu")
-def _native_mha_cpu(args: Args, kwargs: Kwargs, outputs: Any, threads: int) -> int:
-    """Intermediates of the fused (inference fast path) multi-head attention.
-
-    Derivation: qkv = x @ W^T (3BTD), _transform_bias_rescale_qkv splits it into q, k, v (3BTD);
-    qkv is freed; scores = q @ k^T (B*H*T*T), softmax in place, context written over q; the
-    0213 transpose is copied (BTD) before the output projection (BTD).
-    Source: aten/src/ATen/native/transformers/attention.cpp (native_multi_head_attention_cpu).
-
-    Known limitations: self-attention (query is key is value) measured; masks, nested tensors
-    and need_weights (an averaged B*T*T copy) are not measured.
-    """
-    query, num_heads = _tensor(args, kwargs, 0, "query"), int(_arg(args, kwargs, 4, "num_head"))
-    need_weights = bool(_arg(args, kwargs, 10, "need_weights", True))
-    peak, _ = _mha_peak(query, num_heads, need_weights)
-    return max(0, peak - _out_bytes(outputs))
-
-
-@register_workspace("aten._transformer_encoder_layer_fwd.default", "cpu")
-def _encoder_layer_cpu(args: Args, kwargs: Kwargs, outputs: Any, threads: int) -> int:
-    """Every intermediate of the fused TransformerEncoderLayer (eval fast path).
-
-    Derivation: the layer is one op to the dispatcher; inside, the attention block (see
-    _native_multi_head_attention), two layer norms (output + 2 * B*T floats each) and the
-    feed-forward block (B*T*F hidden, B*T*D output) run and free their intermediates; the
-    output is one B*T*D tensor. Replaying that sequence gives the peak above the input.
-    Source: aten/src/ATen/native/transformers/transformer.cpp (transformer_encoder_layer_forward).
-
-    Known limitations: measured with and without norm_first, relu and gelu, no mask; masks and
-    nested-tensor inputs (src_key_padding_mask) are not modeled.
-    """
-    x, num_heads = _tensor(args, kwargs, 0, "src"), int(_arg(args, kwargs, 2, "num_heads"))
-    norm_first = bool(_arg(args, kwargs, 8, "norm_first"))
-    ffn1_weight = _tensor(args, kwargs, 14, "ffn_weight_1")
-    b, t, d = (int(s) for s in x.shape)
-    it = x.element_size()
-    act, stats, hidden = b * t * d * it, 2 * b * t * 4, b * t * int(ffn1_weight.shape[0]) * it
-    attn_peak, _ = _mha_peak(x, num_heads, False)
-    # live above the input at each stage, in the order the kernel runs (norm_first or not)
-    normed = act if norm_first else 0  # with norm_first, norm(x) is a tensor apart from x
-    peaks = [
-        act + stats,  # a layer norm: output and mean/rstd
-        normed + attn_peak,  # the attention block
-        2 * act + stats,  # attention output (+= src) and its layer norm
-        normed + act + hidden + act,  # residual, hidden, ffn output
-    ]
-    return max(0, max(peaks) - _out_bytes(outputs))
+# Flash attention tiles, the fused MHA and encoder layer: see workspace_attention.
+register_workspace("aten._scaled_dot_product_flash_attention_for_cpu.default", "cpu")(flash_attention_cpu)
+register_workspace("aten._scaled_dot_product_flash_attention_for_cpu_backward.default", "cpu")(
+    flash_attention_backward_cpu
+)
+register_workspace("aten._safe_softmax.default", "cpu")(safe_softmax_cpu)
+register_workspace("aten._native_multi_head_attention.default", "cpu")(native_mha_cpu)
+register_workspace("aten._transformer_encoder_layer_fwd.default", "cpu")(encoder_layer_cpu)
 
 
 # ----------------------------------------------------------------------------- recurrent (oneDNN LSTM)
@@ -582,57 +266,10 @@ register_workspace("aten.mkldnn_rnn_layer_backward.default", "cpu")(mkldnn_rnn_l
 # ----------------------------------------------------------------------------- matmul, embedding, dropout
 
 
-def _blas_ready(t: torch.Tensor) -> bool:
-    """Whether the last two dims are row- or column-major, as cpublas accepts without a copy."""
-    if t.dim() < 2:
-        return True
-    rows, cols = int(t.shape[-2]), int(t.shape[-1])
-    s_rows, s_cols = t.stride(-2), t.stride(-1)
-    return (
-        (s_cols == 1 and s_rows >= max(1, cols)) or (s_rows == 1 and s_cols >= max(1, rows)) or t.numel() <= 1
-    )
-
-
-def _matmul_copies(*operands: torch.Tensor) -> int:
-    return sum(_nbytes(m) for m in operands if not _blas_ready(m))
-
-
-@register_workspace("aten.mm.default", "cpu")
-def _mm_cpu(args: Args, kwargs: Kwargs, outputs: Any, threads: int) -> int:
-    """Contiguous copies of operands BLAS cannot read in place.
-
-    Derivation: row- and column-major operands go straight to MKL sgemm (measured 0 bytes,
-    transposed operands included); an operand with no unit stride in its last two dims is
-    copied to contiguous first.
-    Source: aten/src/ATen/native/LinearAlgebra.cpp (addmm_impl_cpu_, prepare matrix).
-
-    Known limitations: fp32 measured; MKL's own internal buffers (outside the c10 allocator) are
-    invisible to the profiler and not counted.
-    """
-    return _matmul_copies(_tensor(args, kwargs, 0, "self"), _tensor(args, kwargs, 1, "mat2"))
-
-
-@register_workspace("aten.addmm.default", "cpu")
-def _addmm_cpu(args: Args, kwargs: Kwargs, outputs: Any, threads: int) -> int:
-    """As aten.mm: contiguous copies of non-BLAS operands (mat1, mat2).
-
-    Derivation: see aten.mm.default. Source: aten/src/ATen/native/LinearAlgebra.cpp.
-
-    Known limitations: as aten.mm.default.
-    """
-    return _matmul_copies(_tensor(args, kwargs, 1, "mat1"), _tensor(args, kwargs, 2, "mat2"))
-
-
-@register_workspace("aten.bmm.default", "cpu")
-def _bmm_cpu(args: Args, kwargs: Kwargs, outputs: Any, threads: int) -> int:
-    """As aten.mm, per batch: contiguous copies of operands with no unit stride in the matrices.
-
-    Derivation: see aten.mm.default; any batch stride is accepted (measured).
-    Source: aten/src/ATen/native/LinearAlgebra.cpp (bmm_out_or_baddbmm_).
-
-    Known limitations: as aten.mm.default.
-    """
-    return _matmul_copies(_tensor(args, kwargs, 0, "self"), _tensor(args, kwargs, 1, "mat2"))
+# oneDNN's bf16 matmul scratchpad and operand copies: see workspace_matmul.
+register_workspace("aten.mm.default", "cpu")(mm_cpu)
+register_workspace("aten.addmm.default", "cpu")(addmm_cpu)
+register_workspace("aten.bmm.default", "cpu")(bmm_cpu)
 
 
 @register_workspace("aten.embedding.default", "cpu")
@@ -730,6 +367,40 @@ def _to_copy_cpu(args: Args, kwargs: Kwargs, outputs: Any, threads: int) -> int:
     Known limitations: as aten.copy_.default.
     """
     return _transpose_copy_bytes(_outputs(outputs)[0], _tensor(args, kwargs, 0, "self"))
+
+
+def _binary_cpu(args: Args, kwargs: Kwargs, outputs: Any, threads: int) -> int:
+    """Common-dtype copies of mixed-dtype operands of a CPU add/sub/mul/div.
+
+    Derivation: binary ops build their TensorIterator with promote_inputs_to_common_dtype and
+    cast_common_dtype_to_outputs. On CPU, compute_types replaces an input of another dtype by
+    ``input.to(common_dtype)`` (its own shape, before broadcasting), and an output of another
+    dtype (in place on the lower type, ``bf16.add_(fp32)``) by a common-dtype temporary copied
+    back at the end. Same-dtype operands allocate nothing (measured). Autocast's fp32 residual
+    adds of bf16 activations are the common case: one fp32 copy of the bf16 operand.
+    Source: aten/src/ATen/TensorIterator.cpp (TensorIteratorBase::compute_types).
+
+    Known limitations: 0-dim operands (wrapped scalars, at most 8 bytes) are counted as nothing;
+    a Python-number operand is taken as matching (an integer tensor times a float scalar makes a
+    float copy of the tensor, not counted).
+    """
+    this, other = _arg(args, kwargs, 0, "self"), _arg(args, kwargs, 1, "other")
+    if not isinstance(this, torch.Tensor) or not isinstance(other, torch.Tensor) or this.dtype == other.dtype:
+        return 0  # the common case, decided without touching torch
+    common = torch.result_type(this, other)
+    size = common.itemsize
+    copies = sum(
+        t.numel() * size
+        for t in (this, other)
+        if isinstance(t, torch.Tensor) and t.dim() > 0 and t.dtype != common
+    )
+    in_place = bool(_outputs(outputs)) and _outputs(outputs)[0] is this
+    return copies + (this.numel() * size if in_place and this.dtype != common else 0)
+
+
+for _name in ("add", "sub", "mul", "div"):
+    for _overload in (f"aten.{_name}.Tensor", f"aten.{_name}_.Tensor"):
+        register_workspace(_overload, "cpu")(_binary_cpu)
 
 
 # ----------------------------------------------------------------------------- fake-tensor shortfalls
