@@ -125,6 +125,10 @@ class Report:
     settings: tuple[tuple[str, str], ...] = ()  # what was modelled: optimizer, dtype, amp, ...
     timeline: tuple[TimelinePoint, ...] = field(default=(), repr=False, compare=False)
     kv_cache_bytes: int = 0
+    # device="cuda": the caching allocator's view (nnmem.analyses.cuda_memory); None elsewhere
+    reserved_bytes: int | None = None  # torch.cuda.max_memory_reserved(), CUDA context excluded
+    allocated_rounded_bytes: int | None = None  # torch.cuda.max_memory_allocated(): block-rounded
+    fragmentation_bytes: int | None = None  # reserved at its peak but not allocated then
 
     @property
     def categories(self) -> Breakdown:
@@ -155,6 +159,10 @@ class Report:
             ],
             "notes": list(self.notes),
         }
+        if self.reserved_bytes is not None:
+            result["reserved_bytes"] = self.reserved_bytes
+            result["allocated_rounded_bytes"] = self.allocated_rounded_bytes
+            result["fragmentation_bytes"] = self.fragmentation_bytes
         if timeline:
             result["timeline"] = [
                 {"index": p.index, "step": p.step, "phase": str(p.phase), **p.categories.to_dict()}

@@ -23,6 +23,7 @@ from collections.abc import Callable
 from dataclasses import fields, replace
 from typing import Any
 
+from nnmem.analyses.cuda_memory import extend_cuda_memory
 from nnmem.categories import Phase
 from nnmem.errors import NnmemError
 from nnmem.estimate import ModelLike, estimate
@@ -126,8 +127,14 @@ def _extrapolate(reports: list[Report], probes: tuple[int, ...], blocks: int) ->
         f"extrapolated exactly from traces with {', '.join(map(str, probes))} blocks to {blocks}"
         " (every phase peak grows by equal steps); no timeline or per-module detail"
     )
+    reserved, allocated, fragmentation = extend_cuda_memory(reports, probes, blocks)
+    if reserved is not None:
+        note += "; the caching allocator's reserved bytes on the line through the probes (approximate)"
     return replace(
         last,
+        reserved_bytes=reserved,
+        allocated_rounded_bytes=allocated,
+        fragmentation_bytes=fragmentation,
         peak_bytes=steady.bytes,
         steady=steady,
         first_step=first,
