@@ -25,6 +25,7 @@ class Case:
     implementation: str = "auto"
     amp: str | None = None
     dtype: str | None = None
+    new_tokens: int = 0
     tags: tuple[str, ...] = field(default=())
     fast: bool = False  # also run in the test suite
 
@@ -35,6 +36,7 @@ class Case:
             "implementation": self.implementation,
             "amp": self.amp,
             "dtype": self.dtype,
+            **({"new_tokens": self.new_tokens} if self.new_tokens else {}),
         }
 
 
@@ -52,6 +54,23 @@ def _spec(text: str, batch: int) -> tuple[Callable[[], Any], Callable[[], Any]]:
     factory = zoo.FromSpec(text)
     return factory, lambda: factory.inputs(batch)
 
+
+def _hf(**options: Any) -> tuple[Callable[[], Any], Callable[[], Any]]:
+    """A tiny Llama (GQA, 2 layers) from its config, as the Hugging Face front end builds it."""
+    from nnmem.frontends.hf import from_hf_config
+
+    target = from_hf_config("llama", overrides=TINY_LLAMA, **options)
+    return target.model, lambda: target.inputs
+
+
+TINY_LLAMA = {
+    "hidden_size": 256,
+    "intermediate_size": 688,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 8,
+    "num_key_value_heads": 2,
+    "vocab_size": 4000,
+}
 
 classic = _spec(CLASSIC, 64)
 classic_relu = _spec(CLASSIC_RELU, 64)
@@ -81,6 +100,29 @@ CASES: list[Case] = [
         lambda: zoo.lm_inputs(2, 128, vocab=32000),
         optimizer="adamw",
         dtype="bfloat16",
+    ),
+    Case(
+        "llama-tiny generate 64+32 (KV cache)",
+        *_hf(mode="generate", batch=2, seq=64, new_tokens=32),
+        mode="generate",
+        new_tokens=32,
+    ),
+    Case(
+        "llama-tiny generate eager 64+16",
+        *_hf(mode="generate", batch=2, seq=64, new_tokens=16, attn="eager"),
+        mode="generate",
+        new_tokens=16,
+    ),
+    Case("llama-tiny LoRA r8 adamw", *_hf(batch=4, seq=128, lora=8), optimizer="adamw"),
+    Case(
+        "llama-tiny gradient checkpointing adamw",
+        *_hf(batch=4, seq=128, gradient_checkpointing=True),
+        optimizer="adamw",
+    ),
+    Case(
+        "llama-tiny LoRA + checkpointing adamw",
+        *_hf(batch=4, seq=128, lora=8, gradient_checkpointing=True),
+        optimizer="adamw",
     ),
     Case("t5-small inference", zoo.t5_small, lambda: zoo.seq2seq_inputs(4, 64), mode="inference"),
     Case("t5-small adam", zoo.t5_small, lambda: zoo.seq2seq_inputs(4, 64)),
@@ -114,4 +156,32 @@ CASES: list[Case] = [
     Case("mobilenet-v2 adam", zoo.mobilenet_v2, lambda: zoo.image_inputs(4)),
     Case("unet inference", zoo.unet, lambda: zoo.unet_inputs(), mode="inference"),
     Case("unet adam", zoo.unet, lambda: zoo.unet_inputs()),
+]
+
+
+@dataclass(frozen=True)
+class ParallelCase:
+    """A step spread over ranks: estimated per rank, and measured on real gloo ranks
+    (`bench/fidelity/distributed.py`, which writes DISTRIBUTED.md)."""
+
+    name: str
+    model: Callable[[], Any]
+    inputs: Callable[[], Any]  # one rank's inputs
+    parallel: str
+    world_size: int = 2
+    optimizer: str = "adam"
+
+
+def _parallel_cases(
+    name: str, model: Callable[[], Any], inputs: Callable[[], Any], optimizer: str
+) -> list[ParallelCase]:
+    return [
+        ParallelCase(f"{name} {parallel}", model, inputs, parallel, optimizer=optimizer)
+        for parallel in ("ddp", "ddp,bucket-view", "fsdp", "fsdp-no-reshard", "fsdp,mp=bf16", "tp=2", "zero1")
+    ]
+
+
+DISTRIBUTED_CASES: list[ParallelCase] = [
+    *_parallel_cases("mlp", zoo.mlp, lambda: zoo.mlp_inputs(64), "adam"),
+    *_parallel_cases("llama-small", zoo.llama_small, lambda: zoo.lm_inputs(2, 128, vocab=32000), "adamw"),
 ]

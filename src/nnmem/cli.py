@@ -55,6 +55,8 @@ def _inputs_from_flags(shapes: list[str], dtypes: list[str]) -> tuple[torch.Tens
 
 def resolve_target(args: argparse.Namespace) -> Target:
     """Turn the front-end flags into a model and inputs."""
+    if getattr(args, "hf", None):
+        return _hf_target(args)
     if args.model:
         from nnmem.frontends.pymodule import load_factory
 
@@ -75,8 +77,33 @@ def resolve_target(args: argparse.Namespace) -> Target:
     )
 
 
+def _hf_target(args: argparse.Namespace) -> Target:
+    """A Hugging Face architecture from a config file or a model type, with its inputs."""
+    from nnmem.frontends.hf import LoRA, from_hf_config, parse_overrides
+
+    lora = None
+    if args.lora_rank:
+        targets = tuple(args.lora_targets.split(",")) if args.lora_targets else None
+        lora = LoRA(rank=args.lora_rank, targets=targets)
+    target = from_hf_config(
+        args.hf,
+        task=args.task,
+        overrides=parse_overrides(args.set or []),
+        batch=args.batch or 1,
+        seq=args.seq,
+        image_size=args.image_size,
+        mode=args.mode,
+        attn=args.attn,
+        lora=lora,
+        gradient_checkpointing=args.gradient_checkpointing,
+        new_tokens=args.new_tokens,
+    )
+    return Target(target.model, target.inputs, target.describe)
+
+
 def _step_keywords(args: argparse.Namespace) -> dict[str, Any]:
-    return {
+    keywords: dict[str, Any] = {"new_tokens": args.new_tokens} if args.new_tokens else {}
+    return keywords | {
         "mode": args.mode,
         "optimizer": args.optimizer,
         "dtype": args.dtype,
@@ -99,7 +126,7 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
         "--input-dtype", action="append", metavar="DTYPE", help="dtype of the inputs (default float32)"
     )
     parser.add_argument("--batch", type=int, default=None, help="batch size for a spec (default 1)")
-    parser.add_argument("--mode", default="train", help="train or inference (default train)")
+    parser.add_argument("--mode", default="train", help="train, inference or generate (default train)")
     parser.add_argument("--optimizer", default="adam", help=f"one of {', '.join(optimizer_names())}")
     parser.add_argument("--optimizer-impl", default="auto", help="auto, for-loop, foreach or fused")
     parser.add_argument("--dtype", default=None, help="parameter dtype: float32, float16, bfloat16")
@@ -107,6 +134,27 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--accumulate", type=int, default=1, help="micro-batches per optimizer step")
     parser.add_argument("--zero-grad-keep", action="store_true", help="zero_grad(set_to_none=False)")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    hf = parser.add_argument_group("Hugging Face models (built from a config; nothing is downloaded)")
+    hf.add_argument(
+        "--hf", metavar="CONFIG", help="a config.json (or its folder), or a model type: llama, gpt2, ..."
+    )
+    hf.add_argument("--set", nargs="+", metavar="KEY=VALUE", help="config overrides, e.g. hidden_size=2048")
+    hf.add_argument("--seq", type=int, default=128, help="sequence length (the prompt, for --mode generate)")
+    hf.add_argument(
+        "--new-tokens", type=int, default=0, help="--mode generate: tokens decoded after the prompt"
+    )
+    hf.add_argument("--task", help="causal-lm, masked-lm, sequence-classification or image-classification")
+    hf.add_argument("--image-size", type=int, default=None, help="image side for vision models")
+    hf.add_argument("--attn", default="sdpa", help="attention implementation: sdpa or eager")
+    hf.add_argument(
+        "--lora-rank", type=int, default=0, help="LoRA adapters of this rank on a frozen base (peft)"
+    )
+    hf.add_argument(
+        "--lora-targets", help="comma-separated module names for LoRA (default: peft's for the model)"
+    )
+    hf.add_argument(
+        "--gradient-checkpointing", action="store_true", help="the model's own gradient checkpointing"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -119,11 +167,23 @@ def build_parser() -> argparse.ArgumentParser:
     estimate.add_argument(
         "--device", default="cuda", help="whose kernels to model: cuda or cpu (default cuda)"
     )
+    from nnmem.cli_fit import add_fit_arguments, add_gpu_flags
+
+    add_gpu_flags(estimate)
     _add_report_flags(estimate)
     measure = commands.add_parser("measure", help="run the same step for real (CPU) and report its memory")
     _add_common(measure)
     compare = commands.add_parser("compare", help="estimate and measure the same step, side by side")
     _add_common(compare)
+    fit = commands.add_parser("fit", help="the largest batch (or sequence) whose step fits a GPU")
+    _add_common(fit)
+    add_fit_arguments(fit)
+    from nnmem.parallel.cli import add_gpus_flag, add_parallel_flags
+
+    add_parallel_flags(estimate)
+    add_parallel_flags(measure, backend=False)
+    add_parallel_flags(compare, backend=False)
+    add_gpus_flag(fit)
     return parser
 
 
@@ -205,11 +265,17 @@ def _deliver(args: argparse.Namespace, console: Console, document: Any) -> int:
 
 
 def run_estimate(args: argparse.Namespace, console: Console) -> int:
+    from nnmem.cli_fit import with_gpu_note
     from nnmem.estimate import estimate
     from nnmem.render.document import engine_document
 
     target = resolve_target(args)
-    report = estimate(target.model, target.inputs, device=args.device, **_step_keywords(args))
+    if _parallel(args):
+        from nnmem.parallel import cli as parallel_cli
+
+        return parallel_cli.run_estimate(args, target.model, target.inputs, _step_keywords(args), console)
+    report = estimate(target.model, target.inputs, device=args.device, gpu=args.gpu, **_step_keywords(args))
+    report = with_gpu_note(report, args)
     if args.spec and not args.model:
         return _spec_estimate(args, target, report, console)
     title = f"nnmem estimate: {target.describe}"
@@ -251,6 +317,10 @@ def run_measure(args: argparse.Namespace, console: Console) -> int:
     from nnmem.render.text import summary
 
     target = resolve_target(args)
+    if _parallel(args):
+        from nnmem.parallel import cli as parallel_cli
+
+        return parallel_cli.run_measure(args, target.model, target.inputs, _step_keywords(args), console)
     report = measure(target.model, target.inputs, device="cpu", **_step_keywords(args))
     if args.json:
         _print_json(report.to_dict())
@@ -266,6 +336,10 @@ def run_compare(args: argparse.Namespace, console: Console) -> int:
 
     target = resolve_target(args)
     keywords = _step_keywords(args)
+    if _parallel(args):
+        from nnmem.parallel import cli as parallel_cli
+
+        return parallel_cli.run_compare(args, target.model, target.inputs, keywords, console)
     guess = estimate(target.model, target.inputs, device="cpu", **keywords)
     truth = measure(target.model, target.inputs, device="cpu", **keywords)
     if args.json:
@@ -275,10 +349,28 @@ def run_compare(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+def run_fit(args: argparse.Namespace, console: Console) -> int:
+    from nnmem.cli_fit import run_fit as fit_command
+
+    if args.gpus is not None:  # how many GPUs, and which sharding (nnmem.analyses.parallel_fit)
+        from nnmem.parallel import cli as parallel_cli
+
+        target = resolve_target(args)
+        return parallel_cli.run_fit(args, target.model, target.inputs, _step_keywords(args), console)
+    return fit_command(args, console)
+
+
+def _parallel(args: argparse.Namespace) -> bool:
+    from nnmem.parallel.cli import wants_parallel
+
+    return wants_parallel(args)
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace, Console], int]] = {
     "estimate": run_estimate,
     "measure": run_measure,
     "compare": run_compare,
+    "fit": run_fit,
 }
 
 

@@ -16,11 +16,14 @@ from torch._subclasses.fake_tensor import (
 )
 from torch.utils._pytree import tree_flatten
 
+from nnmem.analyses.allocator import AllocatorConfig
 from nnmem.categories import Category, Mode, Phase
 from nnmem.errors import ModelError, NnmemError, TraceError, UsageError
+from nnmem.gpus import Gpu
 from nnmem.options import parse_amp, parse_device, parse_dtype, parse_mode
 from nnmem.report import LayerRow, Report
 from nnmem.timeline import alive_at, describe_peak, levels, peak_index, timeline_points
+from nnmem.trace.cuda import CudaKernels, cuda_kernels, cuda_step
 from nnmem.trace.fake import fake_inputs, fake_parameters
 from nnmem.trace.optimizers import Implementation, OptimizerFactory, lookup
 from nnmem.trace.step import LossFn, StepConfig, module_names, run_step
@@ -41,6 +44,7 @@ def step_config(
     set_to_none: bool,
     implementation: str | Implementation,
     steps: int | None,
+    new_tokens: int = 0,
 ) -> StepConfig:
     """Check the user's step options and gather them (shared with `nnmem.measure`)."""
     parsed_mode = parse_mode(mode)
@@ -55,8 +59,12 @@ def step_config(
     except ValueError:
         names = ", ".join(i.value for i in Implementation)
         raise UsageError(f"unknown optimizer implementation '{implementation}' (known: {names})") from None
+    if new_tokens < 0:
+        raise UsageError(f"new_tokens must be 0 or more, not {new_tokens}")
+    if new_tokens and parsed_mode is not Mode.GENERATE:
+        raise UsageError("new_tokens goes with mode='generate'")
     if steps is None:
-        steps = 1 if parsed_mode is Mode.INFERENCE else 2
+        steps = 2 if parsed_mode is Mode.TRAIN else 1
     return StepConfig(
         mode=parsed_mode,
         optimizer=optimizer,
@@ -67,6 +75,7 @@ def step_config(
         set_to_none=set_to_none,
         steps=steps,
         loss=loss,
+        new_tokens=new_tokens,
     )
 
 
@@ -112,6 +121,11 @@ def estimate(
     steps: int | None = None,
     threads: int | None = None,
     workspace: bool = True,
+    new_tokens: int = 0,
+    gpu: Gpu | str | None = None,
+    allocator: AllocatorConfig | str | None = None,
+    parallel: str | None = None,
+    world_size: int | None = None,
 ) -> Report:
     """Trace one step of `model` on `inputs` with fake tensors; no memory is allocated.
 
@@ -120,16 +134,53 @@ def estimate(
     take that dtype. `amp` ("bf16"/"fp16") runs forward and loss under autocast.
     `accumulate` micro-batches run before each optimizer step. For training, two steps
     are traced by default and `peak_bytes` is the last one's (the steady state).
+    For device "cuda", the trace takes the kernels CUDA would run (on `gpu`, a catalogue name,
+    else a generic sm80 GPU) and the report adds the caching allocator's reserved bytes
+    (`allocator`: PYTORCH_CUDA_ALLOC_CONF settings); see docs/gpu.md.
+    With `parallel` ("ddp", "fsdp", "tp=2", "fsdp=8,tp=2", ...; see docs/parallel.md) the
+    step is spread over `world_size` ranks and the result is a `ParallelReport`: the worst
+    rank's report, with every rank's; `inputs` are then one rank's inputs.
     """
-    config = step_config(mode, optimizer, loss, device, amp, accumulate, set_to_none, implementation, steps)
+    if parallel is not None or world_size is not None:
+        from nnmem.parallel import estimate_parallel
+
+        if parallel is None:
+            raise UsageError("world_size needs parallel=... (ddp, fsdp, tp=N, ...)")
+        return estimate_parallel(
+            model,
+            inputs,
+            parallel,
+            world_size,
+            mode,
+            optimizer,
+            loss,
+            device,
+            dtype=dtype,
+            amp=amp,
+            accumulate=accumulate,
+            set_to_none=set_to_none,
+            implementation=implementation,
+            steps=steps,
+            threads=threads,
+            workspace=workspace,
+        )
+    config = step_config(
+        mode, optimizer, loss, device, amp, accumulate, set_to_none, implementation, steps, new_tokens
+    )
     param_dtype = parse_dtype(dtype)
     module = build_model(model)
     threads = threads or torch.get_num_threads()
     rule = workspace_rule(config.device, threads) if workspace else None
+    kernels = cuda_kernels(config.device, gpu)
     trace, output_shapes, parameter_count = run_trace(
-        module, inputs, config, param_dtype, rule, shortfall_rule(config.device) if workspace else None
+        module, inputs, config, param_dtype, rule, shortfall_rule(config.device) if workspace else None, kernels
     )
-    return make_report(trace, module, config, param_dtype, output_shapes, parameter_count, threads)
+    report = make_report(trace, module, config, param_dtype, output_shapes, parameter_count, threads)
+    if kernels is None:
+        return report
+    from nnmem.analyses.cuda_memory import parse_allocator, with_cuda_memory
+
+    return with_cuda_memory(report, trace, kernels, parse_allocator(allocator))
 
 
 def workspace_rule(backend: str, threads: int) -> WorkspaceRule | None:
@@ -160,13 +211,19 @@ def run_trace(
     param_dtype: torch.dtype | None,
     rule: WorkspaceRule | None,
     shortfall: ShortfallRule | None = None,
+    kernels: CudaKernels | None = None,
 ) -> tuple[Trace, dict[str, tuple[int, ...]], int]:
     """Trace `config`'s step of `module` on fakes of `inputs`.
+
+    For device "cuda", attention and autocast follow `kernels` (default: a generic sm80 GPU).
 
     Returns the raw trace (every storage's birth, death and size, in order: what the
     allocator analyses replay), each module's output shape, and the parameter count.
     """
     fake_mode = FakeTensorMode(allow_non_fake_inputs=True)
+    if kernels is None:
+        kernels = cuda_kernels(config.device)
+    cuda = cuda_step(kernels, config.amp is not None) if kernels else contextlib.nullcontext()
     tracker = StorageTracker(rule, shortfall)
     output_shapes: dict[str, tuple[int, ...]] = {}
     with fake_parameters(module, fake_mode, param_dtype):
@@ -186,6 +243,7 @@ def run_trace(
                 quiet_fake_tensor_log(),
                 fake_mode,
                 tracker,
+                cuda,
                 module_names(module, tracker.module_stack, output_shapes),
             ):
                 run_step(module, fake_in, config, tracker)
@@ -262,13 +320,15 @@ def make_report(
     notes = []
     if config.device == "cuda":
         notes.append(
-            "device=cuda: traced with CPU kernels, CUDA's optimizer defaults applied;"
-            " CUDA kernel workspaces and the caching allocator are not modelled yet"
+            "device=cuda: traced on CPU fakes with CUDA's kernel choices (attention backend,"
+            " autocast lists, optimizer defaults); cuDNN workspaces are not counted (docs/gpu.md)"
         )
     unknown = tuple(
         sorted(((op, mod, n) for (op, mod), n in trace.unknown_ops.items()), key=lambda item: -item[2])
     )
     settings = config.settings(param_dtype, threads)
+    if config.mode is Mode.TRAIN and isinstance(config.optimizer, str) and lookup(config.optimizer).note:
+        notes.append(lookup(config.optimizer).note)
     timeline = timeline_points(trace, lv)
     # the KV cache as generation leaves it: at the last event before the closing setup phase
     kv_cache_bytes = next(

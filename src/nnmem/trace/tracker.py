@@ -12,6 +12,10 @@ up as some parameter's `.grad` is a gradient; one held in `optimizer.state` is
 optimizer state; one born in the forward pass and still alive when the forward pass
 ends was saved for backward (an activation); the rest are temporaries.
 
+Tensors made outside the dispatcher show in no op; the one kind a step keeps, the RNG states
+`torch.get_rng_state` returns (activation checkpointing holds them), is adopted by the tracker
+while it is active.
+
 Known limitations: a storage resized outside the dispatcher (`untyped_storage().resize_`)
 is not seen; buffers that a kernel allocates and frees inside itself are not seen
 either, which is what the workspace rules (`nnmem.analyses.workspace`) add back.
@@ -35,6 +39,8 @@ from nnmem.categories import Category, Phase
 #: (func, args, kwargs, outputs) -> bytes, or None when the op is unknown to the rules.
 WorkspaceRule = Callable[[Any, tuple[Any, ...], dict[str, Any], Any], "int | None"]
 
+
+_GET_RNG_STATE = "get_rng_state"  # torch.get_rng_state, also torch.random.get_rng_state
 
 #: Bytes a real kernel's outputs hold that its fake kernel does not show (an LSTM's
 #: oneDNN workspace): (func, args, kwargs) -> bytes, added to the op's last output.
@@ -89,7 +95,8 @@ def plain_tensors(tensor: torch.Tensor) -> list[torch.Tensor]:
     FSDP2's sharded parameters) the inner tensors it wraps, which own the storages."""
     if is_traceable_wrapper_subclass(tensor):
         names, _ = tensor.__tensor_flatten__()
-        return [t for name in names for t in plain_tensors(getattr(tensor, name))]
+        inner = [getattr(tensor, name) for name in names]  # DTensor also names its device mesh
+        return [t for value in inner if isinstance(value, torch.Tensor) for t in plain_tensors(value)]
     return [tensor]
 
 
@@ -224,8 +231,8 @@ class StorageTracker(TorchDispatchMode):  # type: ignore[no-untyped-call]
             if key is not None and key[0] not in self._live:
                 self._adopt(tensor, Category.BUFFER, self.module, op="(held by the model)", at_start=True)
         mutable = func._schema.is_mutable
-        sizes_before = (
-            {key[0]: key[1].nbytes() for key in map(_storage_key, inputs) if key is not None}
+        sizes_before = (  # storage and its size, by _cdata (the storage object sees a resize)
+            {key[0]: (key[1], key[1].nbytes()) for key in map(_storage_key, inputs) if key is not None}
             if mutable
             else {}
         )
@@ -239,11 +246,11 @@ class StorageTracker(TorchDispatchMode):  # type: ignore[no-untyped-call]
             key = _storage_key(tensor)
             if key is not None and key[0] not in self._live:
                 self._adopt(tensor, None, self.module, op=str(func))
-        for cdata, before in sizes_before.items():  # in-place resizes (e.g. out= and resize_)
+        for cdata, (storage, before) in sizes_before.items():  # in-place resizes (out=, resize_)
             if cdata in self._live:
                 record = self.trace.records[self._live[cdata]]
-                now = self._nbytes_of(cdata, inputs)
-                if now is not None and now != before:
+                now = int(storage.nbytes())
+                if now != before:
                     self._emit(record.index, now - record.nbytes)
                     record.nbytes = now
         if self._shortfall_rule is not None:
@@ -257,14 +264,6 @@ class StorageTracker(TorchDispatchMode):  # type: ignore[no-untyped-call]
         return out
 
     # -- bookkeeping -------------------------------------------------------------------
-    @staticmethod
-    def _nbytes_of(cdata: int, tensors: list[torch.Tensor]) -> int | None:
-        for tensor in tensors:
-            key = _storage_key(tensor)
-            if key is not None and key[0] == cdata:
-                return int(key[1].nbytes())
-        return None
-
     def _emit(self, record: int, delta: int) -> None:
         self.trace.events.append(Event(record, delta, self.phase, self.step, self.module))
 
@@ -308,6 +307,32 @@ class StorageTracker(TorchDispatchMode):  # type: ignore[no-untyped-call]
             self._emit(record.index, record.nbytes)
         self._live[cdata] = record.index
         self._finalizers[cdata] = weakref.finalize(storage, self._on_death, cdata, record.index)
+
+    # -- tensors made outside the dispatcher ------------------------------------------
+    def __enter__(self) -> StorageTracker:
+        """Also adopt the tensors `torch.get_rng_state` returns while the step runs.
+
+        It builds its ByteTensor in C++ without the dispatcher, so no op shows it, and it is a
+        real tensor even under fake tensors. Activation checkpointing keeps one per checkpointed
+        call until its recomputation (5,056 bytes for the CPU generator), and `fork_rng`
+        takes another during the recomputation (torch/utils/checkpoint.py, torch/random.py).
+        """
+        original = getattr(torch, _GET_RNG_STATE)
+
+        def get_rng_state() -> torch.Tensor:
+            state: torch.Tensor = original()
+            self._adopt(state, None, self.module, op="torch.get_rng_state")
+            return state
+
+        self._restore_rng = original
+        for module in (torch, torch.random):
+            setattr(module, _GET_RNG_STATE, get_rng_state)
+        return super().__enter__()  # type: ignore[no-any-return,no-untyped-call]
+
+    def __exit__(self, *exc: object) -> None:
+        for module in (torch, torch.random):
+            setattr(module, _GET_RNG_STATE, self._restore_rng)
+        super().__exit__(*exc)  # type: ignore[no-untyped-call]
 
     def close(self) -> None:
         """Stop listening: deaths after this are not part of the step."""
