@@ -31,6 +31,10 @@ from typing import Any
 import torch
 
 from nnmem.analyses.onednn_conv import onednn_channel_block as onednn_channel_block
+from nnmem.analyses.op_args import arg as _arg
+from nnmem.analyses.op_args import nbytes as _nbytes
+from nnmem.analyses.op_args import output_tensors as _outputs
+from nnmem.analyses.op_args import tensor_arg as _tensor
 from nnmem.analyses.workspace_attention import (
     encoder_layer_cpu,
     flash_attention_backward_cpu,
@@ -137,32 +141,6 @@ NO_WORKSPACE_OPS: frozenset[str] = _METADATA_OPS | frozenset(
 
 
 # ----------------------------------------------------------------------------- helpers
-
-
-def _arg(args: Args, kwargs: Kwargs, index: int, name: str, default: Any = None) -> Any:
-    if index < len(args):
-        return args[index]
-    return kwargs.get(name, default)
-
-
-def _tensor(args: Args, kwargs: Kwargs, index: int, name: str) -> torch.Tensor:
-    value = _arg(args, kwargs, index, name)
-    if not isinstance(value, torch.Tensor):
-        raise TypeError(f"argument {name} is {type(value).__name__}, expected a tensor")
-    return value
-
-
-def _nbytes(t: torch.Tensor | None) -> int:
-    return 0 if t is None else t.numel() * t.element_size()
-
-
-def _outputs(outputs: Any) -> list[torch.Tensor]:
-    items = outputs if isinstance(outputs, (tuple, list)) else (outputs,)
-    return [t for t in items if isinstance(t, torch.Tensor)]
-
-
-def _out_bytes(outputs: Any) -> int:
-    return sum(_nbytes(t) for t in _outputs(outputs))
 
 
 def _round_up(value: int, multiple: int) -> int:

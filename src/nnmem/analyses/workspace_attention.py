@@ -14,25 +14,10 @@ from typing import Any
 
 import torch
 
-
-def _arg(args: Sequence[Any], kwargs: Mapping[str, Any], index: int, name: str, default: Any = None) -> Any:
-    return args[index] if index < len(args) else kwargs.get(name, default)
-
-
-def _tensor(args: Sequence[Any], kwargs: Mapping[str, Any], index: int, name: str) -> torch.Tensor:
-    value = _arg(args, kwargs, index, name)
-    if not isinstance(value, torch.Tensor):
-        raise TypeError(f"argument {name} is {type(value).__name__}, expected a tensor")
-    return value
-
-
-def _nbytes(t: torch.Tensor) -> int:
-    return t.numel() * t.element_size()
-
-
-def _out_bytes(outputs: Any) -> int:
-    items = outputs if isinstance(outputs, (tuple, list)) else (outputs,)
-    return sum(_nbytes(t) for t in items if isinstance(t, torch.Tensor))
+from nnmem.analyses.op_args import arg as _arg
+from nnmem.analyses.op_args import nbytes as _nbytes
+from nnmem.analyses.op_args import output_bytes as _out_bytes
+from nnmem.analyses.op_args import tensor_arg as _tensor
 
 
 def _is_reduced(t: torch.Tensor) -> bool:

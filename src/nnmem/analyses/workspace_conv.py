@@ -52,26 +52,10 @@ from nnmem.analyses.onednn_conv import (
     round_up,
     uses_gemm_backward_weights,
 )
-
-
-def _arg(args: Sequence[Any], kwargs: Mapping[str, Any], index: int, name: str, default: Any = None) -> Any:
-    return args[index] if index < len(args) else kwargs.get(name, default)
-
-
-def _tensor(args: Sequence[Any], kwargs: Mapping[str, Any], index: int, name: str) -> torch.Tensor:
-    value = _arg(args, kwargs, index, name)
-    if not isinstance(value, torch.Tensor):
-        raise TypeError(f"argument {name} is {type(value).__name__}, expected a tensor")
-    return value
-
-
-def _nbytes(t: torch.Tensor | None) -> int:
-    return 0 if t is None else t.numel() * t.element_size()
-
-
-def _outputs(outputs: Any) -> list[torch.Tensor]:
-    items = outputs if isinstance(outputs, (tuple, list)) else (outputs,)
-    return [t for t in items if isinstance(t, torch.Tensor)]
+from nnmem.analyses.op_args import arg as _arg
+from nnmem.analyses.op_args import nbytes as _nbytes
+from nnmem.analyses.op_args import output_tensors as _outputs
+from nnmem.analyses.op_args import tensor_arg as _tensor
 
 
 def suggests_channels_last(t: torch.Tensor) -> bool:

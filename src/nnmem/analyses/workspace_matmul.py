@@ -19,6 +19,8 @@ from typing import Any
 
 import torch
 
+from nnmem.analyses.op_args import tensor_arg as _tensor
+
 _ALIGN = 128  # memory_tracking::default_alignment, reserved on top of every scratchpad entry
 _BATCH_ELEMENT = 40  # sizeof(brgemm_batch_element_t)
 _BATCH_PER_THREAD = 16  # brgemm_batch_element_per_thr_sz = 16 * brgemm_batch_size (1)
@@ -34,13 +36,6 @@ def _div_up(value: int, divisor: int) -> int:
 
 def _round_up(value: int, multiple: int) -> int:
     return _div_up(value, multiple) * multiple
-
-
-def _tensor(args: Sequence[Any], kwargs: Mapping[str, Any], index: int, name: str) -> torch.Tensor:
-    value = args[index] if index < len(args) else kwargs.get(name)
-    if not isinstance(value, torch.Tensor):
-        raise TypeError(f"argument {name} is {type(value).__name__}, expected a tensor")
-    return value
 
 
 def _blas_ready(t: torch.Tensor) -> bool:

@@ -28,6 +28,8 @@ from typing import Any
 
 import torch
 
+from nnmem.analyses.op_args import arg as _arg
+
 _PAGE = 4096  # rnn_utils::set_offsets starts every buffer at a page
 _ALIGN = 128  # memory_tracking::default_alignment: each scratchpad entry reserves it on top
 _BATCH_ELEMENT = 40  # sizeof(brgemm_batch_element_t): two pointers, two paddings, one flag
@@ -42,10 +44,6 @@ def good_ld(dim: int) -> int:
     """oneDNN rnn_utils::get_good_ld for fp32: 64-byte aligned, not a multiple of 256 elements."""
     ld = _round_up(dim, 16)
     return ld + 16 if ld % 256 == 0 else ld
-
-
-def _arg(args: Sequence[Any], kwargs: Mapping[str, Any], index: int, name: str) -> Any:
-    return args[index] if index < len(args) else kwargs.get(name)
 
 
 def lstm_layer_dims(
