@@ -177,3 +177,10 @@ def test_pipeline_stages_hold_their_own_layers_and_1f1b_fewer_micro_batches() ->
 def test_pipeline_parallel_is_not_measured_on_gloo() -> None:
     with pytest.raises(nnmem.NnmemError, match="estimated only"):
         measure_parallel(deep_mlp(), torch.randn(16, 32), "pp=2", 2)
+
+
+def test_fsdp_over_tensor_parallel_shards_the_tensor_shards() -> None:
+    two_d = estimate_parallel(tiny_mlp(), inputs(), "fsdp=2,tp=2", device="cpu")
+    assert two_d.world_size == 4 and [r.tensor for r in two_d.ranks] == [0, 1, 0, 1]
+    tp = estimate("tp=2").ranks[0].model_state
+    assert two_d.ranks[0].model_state.parameter == tp.parameter // 2

@@ -184,4 +184,5 @@ def _parallel_cases(
 DISTRIBUTED_CASES: list[ParallelCase] = [
     *_parallel_cases("mlp", zoo.mlp, lambda: zoo.mlp_inputs(64), "adam"),
     *_parallel_cases("llama-small", zoo.llama_small, lambda: zoo.lm_inputs(2, 128, vocab=32000), "adamw"),
+    ParallelCase("mlp fsdp=2,tp=2", zoo.mlp, lambda: zoo.mlp_inputs(64), "fsdp=2,tp=2", world_size=4),
 ]

@@ -146,6 +146,8 @@ def estimate(
 
         if parallel is None:
             raise UsageError("world_size needs parallel=... (ddp, fsdp, tp=N, ...)")
+        if new_tokens:
+            raise UsageError("parallel estimates cover training and inference steps, not generation")
         return estimate_parallel(
             model,
             inputs,

@@ -51,6 +51,12 @@ def wants_parallel(args: argparse.Namespace) -> bool:
     return bool(getattr(args, "parallel", None))
 
 
+def _step(keywords: dict[str, Any]) -> dict[str, Any]:
+    if keywords.get("new_tokens"):
+        raise UsageError("--parallel covers training and inference steps, not generation (--new-tokens)")
+    return {k: v for k, v in keywords.items() if k != "new_tokens"}
+
+
 def _emit(console: Console, as_json: bool, document: dict[str, Any], view: Any) -> int:
     if as_json:
         sys.stdout.write(json.dumps(document, indent=2) + "\n")
@@ -60,6 +66,7 @@ def _emit(console: Console, as_json: bool, document: dict[str, Any], view: Any) 
 
 
 def run_estimate(args: argparse.Namespace, model: Any, inputs: Any, keywords: dict[str, Any], console: Console) -> int:
+    keywords = _step(keywords)
     from nnmem.parallel.api import estimate_parallel
     from nnmem.render.parallel import parallel_summary
 
@@ -76,6 +83,7 @@ def run_estimate(args: argparse.Namespace, model: Any, inputs: Any, keywords: di
 
 
 def run_measure(args: argparse.Namespace, model: Any, inputs: Any, keywords: dict[str, Any], console: Console) -> int:
+    keywords = _step(keywords)
     from nnmem.parallel.launch import measure_parallel
     from nnmem.render.parallel import parallel_summary
 
@@ -84,6 +92,7 @@ def run_measure(args: argparse.Namespace, model: Any, inputs: Any, keywords: dic
 
 
 def run_compare(args: argparse.Namespace, model: Any, inputs: Any, keywords: dict[str, Any], console: Console) -> int:
+    keywords = _step(keywords)
     from nnmem.parallel.api import estimate_parallel
     from nnmem.parallel.launch import measure_parallel
     from nnmem.render.parallel import parallel_compare_table
@@ -97,6 +106,8 @@ def run_compare(args: argparse.Namespace, model: Any, inputs: Any, keywords: dic
 
 
 def run_fit(args: argparse.Namespace, model: Any, inputs: Any, keywords: dict[str, Any], console: Console) -> int:
+    keywords = _step(keywords)
+    from nnmem.analyses.fit import DEFAULT_MARGIN, parse_margin
     from nnmem.analyses.parallel_fit import fit_gpus
     from nnmem.render.parallel import fit_table
 
@@ -108,6 +119,8 @@ def run_fit(args: argparse.Namespace, model: Any, inputs: Any, keywords: dict[st
         gpu=args.gpu,
         gpus=gpus,
         strategies=strategies,
+        memory=getattr(args, "gpu_memory", None),
+        margin=parse_margin(getattr(args, "margin", DEFAULT_MARGIN)),
         **keywords,
     )
     return _emit(console, args.json, result.to_dict(), fit_table(result))

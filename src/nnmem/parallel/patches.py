@@ -8,6 +8,9 @@
   order and broadcasts the new order from rank 0, which reads tensor data. The rebuilt
   buckets hold the same gradients in the same bytes (CPU and CUDA buckets are not
   padded), so the trace keeps the first assignment.
+- `real_meshes`: FSDP2 over tensor parallel joins the data and tensor meshes while it
+  shards, and a new mesh finds its rank with `nonzero`; under `FakeTensorMode` that has no
+  answer, so new meshes are computed on real (tiny) tensors.
 """
 
 from __future__ import annotations
@@ -55,3 +58,30 @@ def no_bucket_rebuild() -> Iterator[None]:
         yield
     finally:
         reducer._rebuild_buckets = original  # type: ignore[method-assign]
+
+
+@contextlib.contextmanager
+def real_meshes() -> Iterator[None]:
+    """Within the block, new device meshes are computed on real tensors, even inside
+    `FakeTensorMode`: FSDP2 over tensor parallel joins the two meshes while it shards
+    (`DeviceMesh._concatenate`), and a mesh finds its rank's coordinates with `nonzero`,
+    which fake tensors cannot answer. Mesh tensors are tiny (one integer per rank)."""
+    from torch._subclasses.fake_tensor import unset_fake_temporarily
+    from torch.distributed.device_mesh import DeviceMesh
+
+    originals = {name: DeviceMesh.__dict__[name] for name in ("_concatenate", "_compute_coordinates_from_mesh")}
+
+    def real(function: Any) -> Any:
+        def call(*args: Any, **kwargs: Any) -> Any:
+            with unset_fake_temporarily():
+                return function(*args, **kwargs)
+
+        return staticmethod(call)
+
+    for name, original in originals.items():
+        setattr(DeviceMesh, name, real(original.__func__))
+    try:
+        yield
+    finally:
+        for name, original in originals.items():
+            setattr(DeviceMesh, name, original)

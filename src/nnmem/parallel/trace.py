@@ -30,7 +30,7 @@ from nnmem.errors import ModelError, NnmemError, TraceError
 from nnmem.estimate import count_parameters, quiet_fake_tensor_log
 from nnmem.parallel.collectives import collective_rule
 from nnmem.parallel.mesh import coordinates, fake_process_group, make_meshes, rank_of
-from nnmem.parallel.patches import no_bucket_rebuild, watch_storage_resizes
+from nnmem.parallel.patches import no_bucket_rebuild, real_meshes, watch_storage_resizes
 from nnmem.parallel.pipeline import static_shapes
 from nnmem.parallel.spec import DataParallel, ParallelSpec
 from nnmem.parallel.wrap import prepare
@@ -79,7 +79,7 @@ def trace_rank(
 
         fake_in = fake_inputs(inputs, fake_mode, param_dtype)
         try:
-            with fake_mode, _no_fake_cache(), static_shapes():
+            with fake_mode, _no_fake_cache(), static_shapes(), real_meshes():
                 prepared = prepare(
                     clone,
                     spec,
@@ -112,6 +112,7 @@ def trace_rank(
                 watch_storage_resizes(tracker),
                 no_bucket_rebuild(),
                 static_shapes(),
+                real_meshes(),
                 fake_mode,
                 tracker,
                 module_names(prepared.inner, tracker.module_stack, output_shapes),

@@ -17,8 +17,10 @@ Tensors made outside the dispatcher show in no op; the one kind a step keeps, th
 while it is active.
 
 Known limitations: a storage resized outside the dispatcher (`untyped_storage().resize_`)
-is not seen; buffers that a kernel allocates and frees inside itself are not seen
-either, which is what the workspace rules (`nnmem.analyses.workspace`) add back.
+is seen only when someone reports it (`storage_resized`; the parallel traces wrap
+`UntypedStorage.resize_` for FSDP2, `nnmem.parallel.patches`); buffers that a kernel
+allocates and frees inside itself are not seen either, which is what the workspace
+rules (`nnmem.analyses.workspace`) add back.
 """
 
 from __future__ import annotations
