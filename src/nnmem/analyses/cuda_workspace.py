@@ -80,4 +80,3 @@ def _efficient_backward(args: Args, kwargs: Kwargs, outputs: Any, threads: int) 
     gq = _round_up(q_len, 64) * _round_up(head, 64)
     gkv = 2 * _round_up(kv_len, 64) * _round_up(head, 64) if head > 64 else 0
     return delta + batch * heads * (gq + gkv) * 4
-
