@@ -187,9 +187,7 @@ def test_kv_cache_of_a_7b_shape_at_4096_tokens() -> None:
         seq=4093,
         new_tokens=4,
     )
-    report = nnmem.estimate(
-        target.model, target.inputs, device="cuda", dtype="fp16", **generation(4)
-    )
+    report = nnmem.estimate(target.model, target.inputs, device="cuda", dtype="fp16", **generation(4))
     # layers x (keys, values) x KV heads x head dim x tokens x fp16; 32 MHA layers: 2 GiB
     assert report.kv_cache_bytes == 2 * 2 * 8 * 128 * 4096 * FP16 == (2 * 32 * 4096 * 4096 * FP16) // 16 // 4
 

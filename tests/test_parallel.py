@@ -116,7 +116,7 @@ def test_extrapolating_layers_equals_tracing_them_all() -> None:
     batch = {"input_ids": ids, "labels": ids}
     full = estimate_parallel(lambda: tiny_llama(9), batch, "fsdp", 2, device="cpu", optimizer="adamw")
     fast = estimate_parallel_repeated(
-        lambda n: (lambda: tiny_llama(n)), 9, batch, "fsdp", 2, max_probe=7, device="cpu", optimizer="adamw"
+        lambda n: lambda: tiny_llama(n), 9, batch, "fsdp", 2, max_probe=7, device="cpu", optimizer="adamw"
     )
     assert fast.peak_bytes == full.peak_bytes
     assert fast.ranks[0].model_state == full.ranks[0].model_state
@@ -144,9 +144,14 @@ def test_cli_estimates_per_rank(capsys: pytest.CaptureFixture[str]) -> None:
 
 @pytest.mark.parametrize(
     ("flags", "message"),
-    [(["--parallel", "fdsp", "--world-size", "2"], "did you mean 'fsdp'"), (["--world-size", "2"], "needs --parallel")],
+    [
+        (["--parallel", "fdsp", "--world-size", "2"], "did you mean 'fsdp'"),
+        (["--world-size", "2"], "needs --parallel"),
+    ],
 )
-def test_cli_errors_are_actionable(flags: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_errors_are_actionable(
+    flags: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     code = main(["estimate", "--model", "nnmem.zoo:mlp", "--input", "8x784", "--device", "cpu", *flags])
     assert code == 2
     assert message in capsys.readouterr().err

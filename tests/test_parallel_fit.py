@@ -77,7 +77,18 @@ def test_a_real_search_on_a_small_budget() -> None:
 
 def test_cli_fit_gpus(capsys: pytest.CaptureFixture[str]) -> None:
     code = main(
-        ["fit", "--model", "nnmem.zoo:mlp", "--input", "8x784", "--gpu", "a100-80gb", "--gpus", "auto", "--json"]
+        [
+            "fit",
+            "--model",
+            "nnmem.zoo:mlp",
+            "--input",
+            "8x784",
+            "--gpu",
+            "a100-80gb",
+            "--gpus",
+            "auto",
+            "--json",
+        ]
     )
     assert code == 0
     data = json.loads(capsys.readouterr().out)

@@ -30,7 +30,11 @@ def test_zero_stages_and_options() -> None:
     ddp = parse_parallel("ddp,bucket-view,bucket=10", 2)
     assert ddp.bucket_view and ddp.bucket_mib == 10
     fsdp = parse_parallel("fsdp,mp=bf16,reduce=fp32,backend=gloo", 2)
-    assert (fsdp.param_dtype, fsdp.reduce_dtype, fsdp.backend) == (torch.bfloat16, torch.float32, Backend.GLOO)
+    assert (fsdp.param_dtype, fsdp.reduce_dtype, fsdp.backend) == (
+        torch.bfloat16,
+        torch.float32,
+        Backend.GLOO,
+    )
     assert parse_parallel("tp=2").world_size == 2
 
 

@@ -49,7 +49,9 @@ def run_case(case: ParallelCase) -> dict[str, Any]:
     inputs = case.inputs()
     keywords = {"optimizer": case.optimizer}
     start = time.perf_counter()
-    guess = estimate_parallel(case.model, inputs, case.parallel, case.world_size, device="cpu", backend="gloo", **keywords)
+    guess = estimate_parallel(
+        case.model, inputs, case.parallel, case.world_size, device="cpu", backend="gloo", **keywords
+    )
     estimate_s = time.perf_counter() - start
     nccl = estimate_parallel(case.model, inputs, case.parallel, case.world_size, device="cpu", **keywords)
     start = time.perf_counter()
@@ -195,7 +197,10 @@ def main() -> int:
     if not args.no_70b:
         for ranks in (8, 16, 32, 64):
             result = run_70b(ranks)
-            print(f"70B fsdp={ranks}: {result['seconds']:.1f} s, state error {result['state_error'] * 100:+.5f} %", flush=True)
+            print(
+                f"70B fsdp={ranks}: {result['seconds']:.1f} s, state error {result['state_error'] * 100:+.5f} %",
+                flush=True,
+            )
             results["llama_70b"].append(result)
     with open(RESULTS, "w") as file:
         json.dump(results, file, indent=2)

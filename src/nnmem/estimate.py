@@ -175,7 +175,13 @@ def estimate(
     rule = workspace_rule(config.device, threads) if workspace else None
     kernels = cuda_kernels(config.device, gpu)
     trace, output_shapes, parameter_count = run_trace(
-        module, inputs, config, param_dtype, rule, shortfall_rule(config.device) if workspace else None, kernels
+        module,
+        inputs,
+        config,
+        param_dtype,
+        rule,
+        shortfall_rule(config.device) if workspace else None,
+        kernels,
     )
     report = make_report(trace, module, config, param_dtype, output_shapes, parameter_count, threads)
     if kernels is None:

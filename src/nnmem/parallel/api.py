@@ -54,7 +54,9 @@ def estimate_parallel(
     config = step_config(mode, optimizer, loss, device, amp, accumulate, set_to_none, implementation, steps)
     spec = parse_parallel(parallel, world_size) if isinstance(parallel, str) else parallel
     if world_size is not None and spec.world_size != world_size:
-        raise UsageError(f"--parallel {spec.describe()} uses {spec.world_size} ranks, not --world-size {world_size}")
+        raise UsageError(
+            f"--parallel {spec.describe()} uses {spec.world_size} ranks, not --world-size {world_size}"
+        )
     if backend is not None:
         try:
             spec = replace(spec, backend=Backend(backend.strip().lower()))
@@ -79,7 +81,9 @@ def estimate_parallel(
         where = coordinates(spec, rank)
         source = stand_for[rank]
         report = traced[source]
-        ranks.append(RankReport(rank, where.stage, where.data, where.tensor, report, source, model_state(report)))
+        ranks.append(
+            RankReport(rank, where.stage, where.data, where.tensor, report, source, model_state(report))
+        )
     notes.append(_backend_note(spec))
     notes.append(
         f"traced ranks {sorted(traced)} of {spec.world_size}; each other rank holds what the traced"

@@ -65,7 +65,9 @@ def _emit(console: Console, as_json: bool, document: dict[str, Any], view: Any) 
     return 0
 
 
-def run_estimate(args: argparse.Namespace, model: Any, inputs: Any, keywords: dict[str, Any], console: Console) -> int:
+def run_estimate(
+    args: argparse.Namespace, model: Any, inputs: Any, keywords: dict[str, Any], console: Console
+) -> int:
     keywords = _step(keywords)
     from nnmem.parallel.api import estimate_parallel
     from nnmem.render.parallel import parallel_summary
@@ -82,7 +84,9 @@ def run_estimate(args: argparse.Namespace, model: Any, inputs: Any, keywords: di
     return _emit(console, args.json, report.to_dict(), parallel_summary(report))
 
 
-def run_measure(args: argparse.Namespace, model: Any, inputs: Any, keywords: dict[str, Any], console: Console) -> int:
+def run_measure(
+    args: argparse.Namespace, model: Any, inputs: Any, keywords: dict[str, Any], console: Console
+) -> int:
     keywords = _step(keywords)
     from nnmem.parallel.launch import measure_parallel
     from nnmem.render.parallel import parallel_summary
@@ -91,7 +95,9 @@ def run_measure(args: argparse.Namespace, model: Any, inputs: Any, keywords: dic
     return _emit(console, args.json, report.to_dict(), parallel_summary(report))
 
 
-def run_compare(args: argparse.Namespace, model: Any, inputs: Any, keywords: dict[str, Any], console: Console) -> int:
+def run_compare(
+    args: argparse.Namespace, model: Any, inputs: Any, keywords: dict[str, Any], console: Console
+) -> int:
     keywords = _step(keywords)
     from nnmem.parallel.api import estimate_parallel
     from nnmem.parallel.launch import measure_parallel
@@ -105,7 +111,9 @@ def run_compare(args: argparse.Namespace, model: Any, inputs: Any, keywords: dic
     return _emit(console, args.json, document, parallel_compare_table(guess, truth))
 
 
-def run_fit(args: argparse.Namespace, model: Any, inputs: Any, keywords: dict[str, Any], console: Console) -> int:
+def run_fit(
+    args: argparse.Namespace, model: Any, inputs: Any, keywords: dict[str, Any], console: Console
+) -> int:
     keywords = _step(keywords)
     from nnmem.analyses.fit import DEFAULT_MARGIN, parse_margin
     from nnmem.analyses.parallel_fit import fit_gpus

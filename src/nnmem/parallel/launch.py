@@ -100,7 +100,9 @@ def measure_parallel(
                 results.append(pickle.load(file))
     errors = [r for r in results if isinstance(r, dict)]
     if errors:
-        raise MeasureError(f"the real parallel run failed: {errors[0]['error']}\n{errors[0]['traceback'][-1500:]}")
+        raise MeasureError(
+            f"the real parallel run failed: {errors[0]['error']}\n{errors[0]['traceback'][-1500:]}"
+        )
     ranks = []
     for rank, measurement in enumerate(results):
         where = coordinates(spec, rank)

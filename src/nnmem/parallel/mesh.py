@@ -52,7 +52,11 @@ def rank_of(spec: ParallelSpec, stage: int, data: int, tensor: int) -> int:
 
 def make_meshes(spec: ParallelSpec) -> Meshes:
     """The meshes of the rank this process is, on the process group already initialised."""
-    dims = [(name, n) for name, n in (("pp", spec.pipeline), ("dp", spec.data_degree), ("tp", spec.tensor)) if n > 1]
+    dims = [
+        (name, n)
+        for name, n in (("pp", spec.pipeline), ("dp", spec.data_degree), ("tp", spec.tensor))
+        if n > 1
+    ]
     if not dims:
         return Meshes(None, None, None, None)
     grid = init_device_mesh("cpu", tuple(n for _, n in dims), mesh_dim_names=tuple(name for name, _ in dims))

@@ -69,7 +69,9 @@ def real_meshes() -> Iterator[None]:
     from torch._subclasses.fake_tensor import unset_fake_temporarily
     from torch.distributed.device_mesh import DeviceMesh
 
-    originals = {name: DeviceMesh.__dict__[name] for name in ("_concatenate", "_compute_coordinates_from_mesh")}
+    originals = {
+        name: DeviceMesh.__dict__[name] for name in ("_concatenate", "_compute_coordinates_from_mesh")
+    }
 
     def real(function: Any) -> Any:
         def call(*args: Any, **kwargs: Any) -> Any:

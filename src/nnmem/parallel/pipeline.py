@@ -45,7 +45,9 @@ def stage_modules(model: nn.Module, stages: int) -> list[nn.Sequential]:
         )
     children = list(model.children())
     if len(children) < stages:
-        raise UsageError(f"pp={stages}: the model has only {len(children)} layers to share among {stages} stages")
+        raise UsageError(
+            f"pp={stages}: the model has only {len(children)} layers to share among {stages} stages"
+        )
     sizes = [sum(p.numel() for p in c.parameters()) for c in children]
     cuts = _balanced_cuts(sizes, stages)
     bounds = [0, *cuts, len(children)]
@@ -89,7 +91,9 @@ class PipelineRank:
     batch: int
 
 
-def _example_shapes(stages: list[nn.Sequential], micro: torch.Tensor, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _example_shapes(
+    stages: list[nn.Sequential], micro: torch.Tensor, index: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Stage `index`'s input and output for one micro-batch, on the meta device."""
     from torch._subclasses.fake_tensor import FakeTensorMode
 
@@ -104,7 +108,9 @@ def _example_shapes(stages: list[nn.Sequential], micro: torch.Tensor, index: int
     )
 
 
-def build_stage(model: nn.Module, spec: ParallelSpec, meshes: Meshes, inputs: Any, index: int) -> PipelineRank:
+def build_stage(
+    model: nn.Module, spec: ParallelSpec, meshes: Meshes, inputs: Any, index: int
+) -> PipelineRank:
     """This rank's stage of `model` and its schedule, for `inputs` (one rank's batch)."""
     from torch.distributed.pipelining import PipelineStage, Schedule1F1B, ScheduleGPipe
 
@@ -112,7 +118,9 @@ def build_stage(model: nn.Module, spec: ParallelSpec, meshes: Meshes, inputs: An
         raise UsageError("pp=N takes a single input tensor (the first stage's), split into micro-batches")
     batch = inputs.shape[0]
     if batch % spec.micro_batches:
-        raise UsageError(f"pp: the batch of {batch} does not split into micro={spec.micro_batches} equal micro-batches")
+        raise UsageError(
+            f"pp: the batch of {batch} does not split into micro={spec.micro_batches} equal micro-batches"
+        )
     stages = stage_modules(model, spec.pipeline)
     micro = inputs[: batch // spec.micro_batches]
     example_in, example_out = _example_shapes(stages, micro, index)
@@ -153,7 +161,9 @@ def static_shapes() -> Iterator[None]:
         schedules._PipelineSchedule._warmup_p2p = original  # type: ignore[method-assign]
 
 
-def run_pipeline_step(rank: PipelineRank, inputs: torch.Tensor, config: StepConfig, observer: Observer) -> None:
+def run_pipeline_step(
+    rank: PipelineRank, inputs: torch.Tensor, config: StepConfig, observer: Observer
+) -> None:
     """`config.steps` training steps of this rank's stage, telling `observer` where it is."""
     if config.mode is not Mode.TRAIN or config.accumulate != 1:
         raise UsageError("pp=N is estimated for training with accumulate=1 (the micro-batches accumulate)")

@@ -71,11 +71,12 @@ def _extend(reports: list[ParallelReport], probes: tuple[int, ...], blocks: int)
         if source not in extended:
             per_probe = [report.ranks[source] for report in reports]
             report = _extrapolate([r.report for r in per_probe], probes, blocks)
-            state = _extend_breakdown([r.model_state for r in per_probe], probes, blocks, f"rank {source}'s model state")
+            state = _extend_breakdown(
+                [r.model_state for r in per_probe], probes, blocks, f"rank {source}'s model state"
+            )
             extended[source] = (report, state)
         report, state = extended[source]
         ranks.append(replace(rank, report=report, model_state=state))
     last = reports[-1]
     notes = tuple(n for n in last.notes if n not in last.ranks[0].report.notes)
     return ParallelReport.of(ranks, last.parallel, last.world_size, last.backend, notes)
-

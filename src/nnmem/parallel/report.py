@@ -60,7 +60,9 @@ class ParallelReport(Report):
     ranks: tuple[RankReport, ...] = ()
 
     @classmethod
-    def of(cls, ranks: list[RankReport], parallel: str, world_size: int, backend: str, notes: tuple[str, ...]) -> ParallelReport:
+    def of(
+        cls, ranks: list[RankReport], parallel: str, world_size: int, backend: str, notes: tuple[str, ...]
+    ) -> ParallelReport:
         worst = max(ranks, key=lambda r: (r.peak_bytes, -r.rank))
         base = {f.name: getattr(worst.report, f.name) for f in fields(Report)}
         base["notes"] = (*worst.report.notes, *notes)

@@ -165,7 +165,9 @@ def parse_parallel(text: str, world_size: int | None = None) -> ParallelSpec:
     if pipeline > 1:
         micro = int(str(fields.setdefault("micro_batches", pipeline)))  # one micro-batch per stage at least
         if micro < pipeline and fields.get("schedule", Schedule.ONE_F_ONE_B) is Schedule.ONE_F_ONE_B:
-            raise UsageError(f"--parallel '{text}': 1F1B needs at least as many micro-batches as stages (micro>={pipeline})")
+            raise UsageError(
+                f"--parallel '{text}': 1F1B needs at least as many micro-batches as stages (micro>={pipeline})"
+            )
     others = tensor * pipeline
     if data_degree is None:
         if data is None:
@@ -173,9 +175,7 @@ def parse_parallel(text: str, world_size: int | None = None) -> ParallelSpec:
         elif world_size is None:
             raise UsageError(f"--parallel '{text}': say how many ranks, with --world-size N or {data}=N")
         elif world_size % others:
-            raise UsageError(
-                f"--world-size {world_size} is not a multiple of tp x pp = {others} in '{text}'"
-            )
+            raise UsageError(f"--world-size {world_size} is not a multiple of tp x pp = {others} in '{text}'")
         else:
             data_degree = world_size // others
     if data is None and world_size is not None and world_size > others and world_size % others == 0:
@@ -184,7 +184,10 @@ def parse_parallel(text: str, world_size: int | None = None) -> ParallelSpec:
             f" {world_size} but names no data-parallel strategy; add ddp or fsdp"
         )
     spec = ParallelSpec(
-        data=data or DataParallel.NONE, data_degree=data_degree, text=text, **fields  # type: ignore[arg-type]
+        data=data or DataParallel.NONE,
+        data_degree=data_degree,
+        text=text,
+        **fields,  # type: ignore[arg-type]
     )
     if world_size is not None and spec.world_size != world_size:
         raise UsageError(

@@ -185,7 +185,9 @@ def representative_ranks(module: torch.nn.Module, spec: ParallelSpec) -> dict[in
     shapes = [tuple(p.shape) for p in module.parameters()]
     for data in range(spec.data_degree):
         if spec.sharded:
-            signatures[data] = tuple(_chunk_size(shape[0], spec.data_degree, data) if shape else 0 for shape in shapes)
+            signatures[data] = tuple(
+                _chunk_size(shape[0], spec.data_degree, data) if shape else 0 for shape in shapes
+            )
         elif spec.data is DataParallel.ZERO1:
             signatures[data] = (data,)
         else:

@@ -65,7 +65,10 @@ def run_rank(rank: int, job: RankJob) -> None:
     try:
         result: Any = _measure(rank, job)
     except BaseException as error:  # reported to the parent, which raises MeasureError
-        result = {"error": f"rank {rank}: {type(error).__name__}: {error}", "traceback": traceback.format_exc()}
+        result = {
+            "error": f"rank {rank}: {type(error).__name__}: {error}",
+            "traceback": traceback.format_exc(),
+        }
     with open(result_path(job.result_folder, rank), "wb") as file:
         pickle.dump(result, file)
 
@@ -90,7 +93,14 @@ def _measure(rank: int, job: RankJob) -> Any:
         observer = _RankMarks()
         with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
             torch.manual_seed(0)
-            one = Job(model=job.model, inputs=job.inputs, config=job.config, dtype=job.dtype, threads=job.threads, result_path="")
+            one = Job(
+                model=job.model,
+                inputs=job.inputs,
+                config=job.config,
+                dtype=job.dtype,
+                threads=job.threads,
+                result_path="",
+            )
             model, inputs = _build(one)
             prepared = prepare(
                 model,
@@ -139,7 +149,12 @@ def _measure(rank: int, job: RankJob) -> Any:
 
 
 # The collectives FSDP2 issues asynchronously (older PyTorch: the *_tensor names).
-ASYNC_COLLECTIVES = ("all_gather_single", "reduce_scatter_single", "all_gather_into_tensor", "reduce_scatter_tensor")
+ASYNC_COLLECTIVES = (
+    "all_gather_single",
+    "reduce_scatter_single",
+    "all_gather_into_tensor",
+    "reduce_scatter_tensor",
+)
 RELEASE_PAUSE_S = 0.005
 
 

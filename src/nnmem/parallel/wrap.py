@@ -75,7 +75,9 @@ def prepare(
         if spec.tensor > 1 or spec.data_degree > 1:
             raise UsageError("pp=N is not combined with data or tensor parallelism here; use pp=N alone")
         rank = build_stage(model, spec, meshes, inputs, stage)
-        notes.append(f"pipeline stage {stage} of {spec.pipeline}: {spec.schedule} over {spec.micro_batches} micro-batches")
+        notes.append(
+            f"pipeline stage {stage} of {spec.pipeline}: {spec.schedule} over {spec.micro_batches} micro-batches"
+        )
         return Prepared(rank.module, rank.module, optimizer, notes, rank)
     if spec.tensor > 1:
         assert meshes.tensor is not None
@@ -86,7 +88,9 @@ def prepare(
         return Prepared(model, model, optimizer, notes)
     if spec.data in (DataParallel.DDP, DataParallel.ZERO1):
         if spec.tensor > 1:
-            raise UsageError("ddp with tp is not supported by DistributedDataParallel over DTensors; use fsdp,tp=N")
+            raise UsageError(
+                "ddp with tp is not supported by DistributedDataParallel over DTensors; use fsdp,tp=N"
+            )
         wrapped = _ddp(model, spec, meshes, fake=fake, on_bucket=on_bucket)
         if spec.data is DataParallel.ZERO1:
             optimizer = zero_optimizer(optimizer, implementation, device, meshes)
@@ -228,7 +232,9 @@ def apply_tensor_parallel(model: nn.Module, plan: dict[str, str], mesh: Any) -> 
     resolved: dict[str, Any] = {}
     for pattern, style in plan.items():
         if style not in styles:
-            raise UsageError(f"tensor-parallel style '{style}' for '{pattern}': nnmem knows colwise and rowwise")
+            raise UsageError(
+                f"tensor-parallel style '{style}' for '{pattern}': nnmem knows colwise and rowwise"
+            )
         matches = [n for n in names if fnmatch.fnmatchcase(n, pattern)]
         if not matches:
             raise UsageError(f"tensor-parallel plan: no module matches '{pattern}'")

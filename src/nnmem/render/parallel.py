@@ -16,7 +16,10 @@ def _groups(ranks: tuple[RankReport, ...]) -> list[tuple[str, RankReport]]:
     rows: list[tuple[str, RankReport]] = []
     start = 0
     for i in range(1, len(ranks) + 1):
-        if i == len(ranks) or (ranks[i].stage, ranks[i].peak_bytes) != (ranks[start].stage, ranks[start].peak_bytes):
+        if i == len(ranks) or (ranks[i].stage, ranks[i].peak_bytes) != (
+            ranks[start].stage,
+            ranks[start].peak_bytes,
+        ):
             label = str(ranks[start].rank) if i - 1 == start else f"{ranks[start].rank}-{ranks[i - 1].rank}"
             rows.append((label, ranks[start]))
             start = i
@@ -78,9 +81,17 @@ def fit_table(result: ParallelFit) -> Group:
     for name in ("strategy", "GPUs", "worst rank's peak", "its model state", "fits"):
         table.add_column(name, justify="right")
     for c in result.tried:
-        table.add_row(c.parallel, str(c.gpus), human_bytes(c.peak_bytes), human_bytes(c.model_state_bytes), "yes" if c.fits else "no")
+        table.add_row(
+            c.parallel,
+            str(c.gpus),
+            human_bytes(c.peak_bytes),
+            human_bytes(c.model_state_bytes),
+            "yes" if c.fits else "no",
+        )
     if result.best is None:
-        verdict = Text("nothing tried fits: more GPUs (--gpus), tensor parallel, or a smaller step", style="bold red")
+        verdict = Text(
+            "nothing tried fits: more GPUs (--gpus), tensor parallel, or a smaller step", style="bold red"
+        )
     else:
         verdict = Text(
             f"fits on {result.best.gpus} x {budget.gpu} with {result.best.parallel}"
