@@ -4,6 +4,7 @@ checked against arithmetic and against real 2-rank gloo runs."""
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 import torch
@@ -129,6 +130,16 @@ def test_estimate_matches_a_real_two_rank_run(parallel: str) -> None:
     model, batch = tiny_mlp(), inputs()
     guess = estimate_parallel(model, batch, parallel, 2, device="cpu", backend="gloo")
     truth = measure_parallel(model, batch, parallel, 2)
+
+    def agree(truth: Any) -> bool:
+        pairs = zip(guess.ranks, truth.ranks, strict=True)
+        return all(e.peak_bytes == pytest.approx(m.peak_bytes, rel=0.01) for e, m in pairs)
+
+    if not agree(truth):
+        # gloo's worker thread frees a collective's buffer when it gets to it; on a loaded
+        # machine that free can land after the rank's next allocation and add to the measured
+        # peak (it never takes away), so a mismatch is measured once more before failing.
+        truth = measure_parallel(model, batch, parallel, 2)
     assert truth.source == "measure" and len(truth.ranks) == 2
     for estimated, measured in zip(guess.ranks, truth.ranks, strict=True):
         assert estimated.peak_bytes == pytest.approx(measured.peak_bytes, rel=0.01)
