@@ -34,31 +34,26 @@ def _causal_mask(x: torch.Tensor) -> torch.Tensor:
     return nn.Transformer.generate_square_subsequent_mask(x.shape[1], device=x.device, dtype=x.dtype)
 
 
-class SequenceLSTM(nn.LSTM):
+class _OutputOrLastStep:
+    """For a batch-first recurrent layer: forward returns the output sequence, or its last step."""
+
+    def __init__(self, *args: Any, last: bool, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.last = last
+
+    # one tensor in, one out: the stack has no use for the final hidden states
+    def forward(self, input: torch.Tensor, hx: Any = None) -> torch.Tensor:
+        output, _ = super().forward(input, hx)  # type: ignore[misc]
+        assert isinstance(output, torch.Tensor)
+        return output[:, -1] if self.last else output
+
+
+class SequenceLSTM(_OutputOrLastStep, nn.LSTM):  # type: ignore[misc]
     """nn.LSTM (batch first) whose forward returns the output sequence, or its last step."""
 
-    def __init__(self, *args: Any, last: bool, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.last = last
 
-    # one tensor in, one out: the stack has no use for the final (h, c) states
-    def forward(self, input: torch.Tensor, hx: Any = None) -> torch.Tensor:  # type: ignore[override]
-        output, _ = super().forward(input, hx)
-        assert isinstance(output, torch.Tensor)
-        return output[:, -1] if self.last else output
-
-
-class SequenceGRU(nn.GRU):
+class SequenceGRU(_OutputOrLastStep, nn.GRU):  # type: ignore[misc]
     """nn.GRU (batch first) whose forward returns the output sequence, or its last step."""
-
-    def __init__(self, *args: Any, last: bool, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.last = last
-
-    def forward(self, input: torch.Tensor, hx: Any = None) -> torch.Tensor:  # type: ignore[override]
-        output, _ = super().forward(input, hx)
-        assert isinstance(output, torch.Tensor)
-        return output[:, -1] if self.last else output
 
 
 class SelfAttention(nn.MultiheadAttention):
